@@ -1,0 +1,1 @@
+"""Hydra configs of distill, shipped inside the package (found by `pkg://distill.conf`)."""

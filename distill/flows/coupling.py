@@ -1,0 +1,145 @@
+"""Coupling bijectors: Real NVP (affine) and NICE (additive).
+
+A boolean ``mask`` splits the dimensions: masked ones (``mask[i] = True``) pass through
+unchanged and condition an MLP that shifts (and scales) the others. Both directions take one
+network pass, because the conditioning half is the same on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distill.flows.base import Bijector, soft_clamp
+
+
+class ConditionerMLP(nn.Module):
+    """Plain MLP ``(..., in) [+ (..., C) context] -> (..., out)``; last layer starts small."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        context_features: int | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        if not hidden_features or any(h < 1 for h in hidden_features):
+            raise ValueError(f"hidden_features must be positive widths, got {hidden_features}")
+        self.context_features = context_features
+        widths = [in_features + (context_features or 0), *hidden_features]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(w_in, w_out), activation()]
+        last = nn.Linear(widths[-1], out_features)
+        with torch.no_grad():
+            last.weight.mul_(1e-2)
+            last.bias.zero_()
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.context_features:
+            if context is None:
+                raise ValueError(
+                    f"this network was built with context_features={self.context_features}: "
+                    "pass context=<tensor of shape (..., C)>"
+                )
+            context = context.expand(*inputs.shape[:-1], context.shape[-1])
+            inputs = torch.cat([inputs, context], dim=-1)
+        return self.net(inputs)
+
+
+class AffineCoupling(Bijector):
+    """Real NVP coupling (Dinh et al., 2017), noise -> data:
+    ``x_A = u_A``, ``x_B = u_B * exp(s(u_A)) + t(u_A)`` with A = ``mask``, B = ``~mask``.
+
+    ``mask`` defaults to the first ``D // 2`` dimensions. The log-scale s is soft-clamped to
+    ``(-log_scale_bound, log_scale_bound)`` by ``bound * tanh(s / bound)``. Both directions are
+    one parallel pass.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        mask: Sequence[bool] | Tensor | None = None,
+        hidden_features: Sequence[int] = (64, 64),
+        context_features: int | None = None,
+        log_scale_bound: float = 3.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        if features < 2:
+            raise ValueError(f"a coupling layer needs features >= 2, got {features}")
+        mask = torch.arange(features) < features // 2 if mask is None else torch.as_tensor(mask)
+        mask = mask.bool()
+        if mask.shape != (features,) or mask.all() or not mask.any():
+            raise ValueError(
+                f"mask must be {features} booleans with at least one True (passed through) and "
+                f"one False (transformed), got {mask.tolist()}"
+            )
+        self.features = features
+        self.log_scale_bound = log_scale_bound
+        self.register_buffer("identity_index", mask.nonzero().squeeze(-1))
+        self.register_buffer("transform_index", (~mask).nonzero().squeeze(-1))
+        self.register_buffer(
+            "merge_index", torch.cat([self.identity_index, self.transform_index]).argsort()
+        )
+        num_transformed = len(self.transform_index)
+        self.conditioner = ConditionerMLP(
+            len(self.identity_index),
+            self.num_params * num_transformed,
+            hidden_features,
+            context_features,
+            activation,
+        )
+
+    num_params = 2  # shift and log-scale per transformed dimension
+
+    def _shift_and_log_scale(self, passthrough: Tensor, context: Tensor | None):
+        params = self.conditioner(passthrough, context)
+        shift, raw_log_scale = params.unflatten(-1, (2, -1)).unbind(-2)
+        return shift, soft_clamp(raw_log_scale, self.log_scale_bound)
+
+    def _split(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        return inputs[..., self.identity_index], inputs[..., self.transform_index]
+
+    def _merge(self, passthrough: Tensor, transformed: Tensor) -> Tensor:
+        return torch.cat([passthrough, transformed], dim=-1)[..., self.merge_index]
+
+    def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Noise ``u`` (..., D) -> data ``x`` (..., D) and log|dx/du| (...)."""
+        u_a, u_b = self._split(u)
+        shift, log_scale = self._shift_and_log_scale(u_a, context)
+        x_b = u_b * log_scale.exp() + shift
+        return self._merge(u_a, x_b), log_scale.sum(-1)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data ``x`` (..., D) -> noise ``u`` (..., D) and log|du/dx| (...)."""
+        x_a, x_b = self._split(x)
+        shift, log_scale = self._shift_and_log_scale(x_a, context)
+        u_b = (x_b - shift) * torch.exp(-log_scale)
+        return self._merge(x_a, u_b), -log_scale.sum(-1)
+
+
+class AdditiveCoupling(AffineCoupling):
+    """NICE coupling (Dinh et al., 2015): ``x_B = u_B + t(u_A)``; volume preserving, so the
+    log-det is exactly zero in both directions."""
+
+    num_params = 1
+
+    def __init__(
+        self,
+        features: int,
+        mask: Sequence[bool] | Tensor | None = None,
+        hidden_features: Sequence[int] = (64, 64),
+        context_features: int | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__(features, mask, hidden_features, context_features, activation=activation)
+
+    def _shift_and_log_scale(self, passthrough: Tensor, context: Tensor | None):
+        shift = self.conditioner(passthrough, context)
+        return shift, torch.zeros_like(shift)

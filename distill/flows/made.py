@@ -1,0 +1,99 @@
+"""MADE: a masked MLP whose outputs for dimension i see only inputs that come before i."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` (out, in) buffer."""
+
+    def __init__(self, mask: Tensor, bias: bool = True):
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return F.linear(inputs, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder for distribution estimation (Germain et al., 2015).
+
+    Maps ``(..., D)`` inputs (and an optional ``(..., C)`` context) to ``(..., m * D)``
+    outputs laid out as ``m`` blocks of ``D``: ``out.unflatten(-1, (m, D))[..., k, i]`` is the
+    k-th parameter of dimension i, and depends only on the inputs j with
+    ``order[j] < order[i]`` (and on the context, which every hidden unit sees).
+
+    Args:
+        features: D.
+        hidden_features: widths of the hidden layers.
+        out_multiplier: m, the number of outputs per input dimension.
+        order: ``order[i]`` is the rank of input i in the autoregressive ordering
+            (a permutation of ``range(D)``); default ``arange(D)``.
+        context_features: C, or None for an unconditional network.
+        activation: hidden nonlinearity (a module class).
+
+    The masks are built once, as buffers. The last layer starts at a small scale, so a
+    flow built on MADE starts near the identity.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        out_multiplier: int = 2,
+        order: Sequence[int] | Tensor | None = None,
+        context_features: int | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"MADE needs features >= 1, got {features}")
+        if not hidden_features or any(h < 1 for h in hidden_features):
+            raise ValueError(f"hidden_features must be positive widths, got {hidden_features}")
+        order = torch.arange(features) if order is None else torch.as_tensor(order).long()
+        if sorted(order.tolist()) != list(range(features)):
+            raise ValueError(f"order must be a permutation of range({features}), got {order.tolist()}")
+        self.features = features
+        self.out_multiplier = out_multiplier
+        self.context_features = context_features
+        self.register_buffer("order", order)
+
+        # Hidden degrees cycle through 0..D-2: a unit of degree k may see inputs of rank <= k.
+        degrees = [order]
+        for width in hidden_features:
+            degrees.append(torch.arange(width) % max(features - 1, 1))
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(degrees[:-1], degrees[1:]):
+            layers += [MaskedLinear(d_out[:, None] >= d_in[None, :]), activation()]
+        output_degrees = order.repeat(out_multiplier)
+        self.output_layer = MaskedLinear(output_degrees[:, None] > degrees[-1][None, :])
+        self.hidden = nn.Sequential(*layers)
+        self.context_layer = (
+            nn.Linear(context_features, hidden_features[0], bias=False)
+            if context_features
+            else None
+        )
+        with torch.no_grad():
+            self.output_layer.weight.mul_(1e-2)
+            self.output_layer.bias.zero_()
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """``(..., D)`` inputs [+ ``(..., C)`` context] -> ``(..., m * D)`` parameters."""
+        first, *rest = self.hidden
+        hidden = first(inputs)
+        if self.context_layer is not None:
+            if context is None:
+                raise ValueError(
+                    f"this network was built with context_features={self.context_features}: "
+                    "pass context=<tensor of shape (..., C)>"
+                )
+            hidden = hidden + self.context_layer(context)
+        for layer in rest:
+            hidden = layer(hidden)
+        return self.output_layer(hidden)
