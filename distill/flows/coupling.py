@@ -32,7 +32,7 @@ class ConditionerMLP(nn.Module):
         self.context_features = context_features
         widths = [in_features + (context_features or 0), *hidden_features]
         layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths[:-1], widths[1:]):
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(w_in, w_out), activation()]
         last = nn.Linear(widths[-1], out_features)
         with torch.no_grad():

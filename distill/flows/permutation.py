@@ -20,7 +20,9 @@ class Permute(Bijector):
         super().__init__()
         permutation = torch.as_tensor(permutation).long()
         if sorted(permutation.tolist()) != list(range(len(permutation))):
-            raise ValueError(f"not a permutation of range({len(permutation)}): {permutation.tolist()}")
+            raise ValueError(
+                f"not a permutation of range({len(permutation)}): {permutation.tolist()}"
+            )
         self.features = len(permutation)
         self.register_buffer("permutation", permutation)
         self.register_buffer("inverse_permutation", permutation.argsort())

@@ -27,7 +27,6 @@ D = 4
 CUSTOM_ORDER = [2, 0, 3, 1]
 
 
-
 def initialized_act_norm(features: int) -> ActNorm:
     """An ActNorm past its data-dependent initialization (which the first training-mode
     inverse would otherwise perform in the middle of a round trip)."""
@@ -50,7 +49,9 @@ FACTORIES = {
     "reverse": lambda: Reverse(D),
     "random_permute": lambda: RandomPermute(D, seed=3),
     "invert_maf": lambda: Invert(MaskedAutoregressiveAffine(D, (16,))),
-    "chain": lambda: Chain([MaskedAutoregressiveAffine(D, (8,)), Reverse(D), initialized_act_norm(D)]),
+    "chain": lambda: Chain(
+        [MaskedAutoregressiveAffine(D, (8,)), Reverse(D), initialized_act_norm(D)]
+    ),
     "build_maf": lambda: build_maf(D, 3, (16,), batch_norm=True).bijector.eval(),
     "build_iaf": lambda: build_iaf(D, 3, (16,), permutation="random").bijector,
     "build_realnvp": lambda: build_realnvp(D, 3, (16,), batch_norm=True).bijector.eval(),
@@ -108,7 +109,8 @@ def test_chain_order_and_steps():
 
 
 def test_new_layers_start_near_identity():
-    for bijector in (MaskedAutoregressiveAffine(D), InverseAutoregressiveAffine(D), AffineCoupling(D)):
+    layers = (MaskedAutoregressiveAffine(D), InverseAutoregressiveAffine(D), AffineCoupling(D))
+    for bijector in layers:
         z = torch.randn(32, D)
         x, log_det = bijector(z)
         assert (x - z).abs().max() < 0.2 and log_det.abs().max() < 0.2
