@@ -27,7 +27,7 @@ class MADE(nn.Module):
     Maps ``(..., D)`` inputs (and an optional ``(..., C)`` context) to ``(..., m * D)``
     outputs laid out as ``m`` blocks of ``D``: ``out.unflatten(-1, (m, D))[..., k, i]`` is the
     k-th parameter of dimension i, and depends only on the inputs j with
-    ``order[j] < order[i]`` (and on the context, which every hidden unit sees).
+    ``order[j] < order[i]``, and on the whole context (which every hidden unit sees).
 
     Args:
         features: D.
@@ -58,18 +58,24 @@ class MADE(nn.Module):
             raise ValueError(f"hidden_features must be positive widths, got {hidden_features}")
         order = torch.arange(features) if order is None else torch.as_tensor(order).long()
         if sorted(order.tolist()) != list(range(features)):
-            raise ValueError(f"order must be a permutation of range({features}), got {order.tolist()}")
+            raise ValueError(
+                f"order must be a permutation of range({features}), got {order.tolist()}"
+            )
         self.features = features
         self.out_multiplier = out_multiplier
         self.context_features = context_features
         self.register_buffer("order", order)
 
         # Hidden degrees cycle through 0..D-2: a unit of degree k may see inputs of rank <= k.
+        # With a context they start at -1: units that see the context but no input, without
+        # which the outputs of rank 0 (which see no unit of degree >= 0) would ignore it.
+        lowest = -1 if context_features else 0
+        num_degrees = max(features - 1 - lowest, 1)
         degrees = [order]
         for width in hidden_features:
-            degrees.append(torch.arange(width) % max(features - 1, 1))
+            degrees.append(torch.arange(width) % num_degrees + lowest)
         layers: list[nn.Module] = []
-        for d_in, d_out in zip(degrees[:-1], degrees[1:]):
+        for d_in, d_out in zip(degrees[:-1], degrees[1:], strict=True):
             layers += [MaskedLinear(d_out[:, None] >= d_in[None, :]), activation()]
         output_degrees = order.repeat(out_multiplier)
         self.output_layer = MaskedLinear(output_degrees[:, None] > degrees[-1][None, :])
