@@ -1,11 +1,14 @@
-"""Shared numerical checks for bijectors: invertibility and log-dets against autograd."""
+"""Shared numerical checks for bijectors and flows: invertibility and log-dets against
+autograd, perturbed parameters, small flows from every builder."""
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.functional import jacobian
 
-from distill.flows import BatchNorm, Bijector
+from distill.flows import BatchNorm, Bijector, Flow, build_iaf, build_maf, build_nice, build_realnvp
+
+FLOW_BUILDERS = {"maf": build_maf, "iaf": build_iaf, "realnvp": build_realnvp, "nice": build_nice}
 
 
 @torch.no_grad()
@@ -24,6 +27,35 @@ def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch
     return module
 
 
+def build_small_flow(
+    name: str,
+    features: int = 4,
+    batch_norm: bool = False,
+    context_features: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Flow:
+    """A 3-layer flow from ``FLOW_BUILDERS[name]`` with one hidden layer of 16, at its
+    initialization (near the identity)."""
+    flow = FLOW_BUILDERS[name](
+        features, 3, (16,), batch_norm=batch_norm, context_features=context_features
+    )
+    return flow.to(dtype)
+
+
+def make_flow(name: str, features: int = 4, scale: float = 0.3, seed: int = 0, **kwargs) -> Flow:
+    """`build_small_flow` with perturbed parameters (and BatchNorm statistics)."""
+    return perturb(build_small_flow(name, features, **kwargs), scale, seed)
+
+
+def assert_every_parameter_has_gradient(module: torch.nn.Module) -> None:
+    """Every parameter got a finite gradient that is not zero everywhere (masked weights
+    have zero-gradient entries, but no parameter is disconnected as a whole)."""
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
 def autograd_log_abs_det(function, point: torch.Tensor) -> torch.Tensor:
     """log|det d function / d point| for a single point of shape (D,)."""
     matrix = jacobian(function, point)
@@ -39,7 +71,15 @@ def check_bijector(
     num_jacobian_points: int = 3,
 ):
     """inverse(forward(z)) == z, forward(inverse(x)) == x, both log-dets against the autograd
-    Jacobian at a few points, and inverse log-det == -forward log-det at matching points."""
+    Jacobian at a few points, and inverse log-det == -forward log-det at matching points.
+
+    A ``context`` of shape ``(..., C)`` is broadcast against ``batch_shape`` (the inputs take
+    the broadcast batch shape); each Jacobian point is evaluated alone with its own context
+    row, and must reproduce its row of the batched result (so contexts are matched to the
+    right inputs).
+    """
+    if context is not None:
+        batch_shape = torch.broadcast_shapes(tuple(batch_shape), context.shape[:-1])
     generator = torch.Generator().manual_seed(1)
     z = torch.randn(*batch_shape, features, generator=generator, dtype=torch.float64)
     x, log_det_forward = bijector(z, context)
@@ -49,20 +89,22 @@ def check_bijector(
     torch.testing.assert_close(log_det_inverse, -log_det_forward, atol=atol, rtol=1e-6)
 
     x2 = torch.randn(*batch_shape, features, generator=generator, dtype=torch.float64)
-    z2, _ = bijector.inverse(x2, context)
+    z2, log_det_inverse2 = bijector.inverse(x2, context)
     x2_back, _ = bijector(z2, context)
     torch.testing.assert_close(x2_back, x2, atol=atol, rtol=1e-6)
 
-    flat_z = z.reshape(-1, features)
-    flat_x = x2.reshape(-1, features)
-    flat_context = None
+    flat = [t.reshape(-1, *t.shape[len(batch_shape):]) for t in (z, x, log_det_forward)]
+    flat_inverse = [t.reshape(-1, *t.shape[len(batch_shape):]) for t in (x2, z2, log_det_inverse2)]
+    flat_context = [None] * flat[0].shape[0]
     if context is not None:
-        flat_context = context.expand(*batch_shape, context.shape[-1]).reshape(-1, context.shape[-1])
-    for index in range(min(num_jacobian_points, flat_z.shape[0])):
-        c = None if flat_context is None else flat_context[index]
-        expected = autograd_log_abs_det(lambda p: bijector(p, c)[0], flat_z[index])
-        torch.testing.assert_close(bijector(flat_z[index], c)[1], expected, atol=1e-7, rtol=1e-6)
-        expected = autograd_log_abs_det(lambda p: bijector.inverse(p, c)[0], flat_x[index])
-        torch.testing.assert_close(
-            bijector.inverse(flat_x[index], c)[1], expected, atol=1e-7, rtol=1e-6
-        )
+        flat_context = context.expand(*batch_shape, context.shape[-1]).flatten(0, -2)
+    for index in range(min(num_jacobian_points, flat[0].shape[0])):
+        c = flat_context[index]
+        for function, (point, out, log_det) in (
+            (bijector.forward, flat), (bijector.inverse, flat_inverse)
+        ):
+            point_out, point_log_det = function(point[index], c)
+            torch.testing.assert_close(point_out, out[index], atol=atol, rtol=1e-6)
+            torch.testing.assert_close(point_log_det, log_det[index], atol=atol, rtol=1e-6)
+            expected = autograd_log_abs_det(lambda p, f=function, c=c: f(p, c)[0], point[index])
+            torch.testing.assert_close(point_log_det, expected, atol=1e-7, rtol=1e-6)
