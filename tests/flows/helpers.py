@@ -93,18 +93,22 @@ def check_bijector(
     x2_back, _ = bijector(z2, context)
     torch.testing.assert_close(x2_back, x2, atol=atol, rtol=1e-6)
 
-    flat = [t.reshape(-1, *t.shape[len(batch_shape):]) for t in (z, x, log_det_forward)]
-    flat_inverse = [t.reshape(-1, *t.shape[len(batch_shape):]) for t in (x2, z2, log_det_inverse2)]
-    flat_context = [None] * flat[0].shape[0]
+    def rows(tensor: torch.Tensor) -> torch.Tensor:
+        """The batch dims flattened into one."""
+        return tensor.reshape(-1, *tensor.shape[len(batch_shape) :])
+
+    contexts = [None] * rows(z).shape[0]
     if context is not None:
-        flat_context = context.expand(*batch_shape, context.shape[-1]).flatten(0, -2)
-    for index in range(min(num_jacobian_points, flat[0].shape[0])):
-        c = flat_context[index]
-        for function, (point, out, log_det) in (
-            (bijector.forward, flat), (bijector.inverse, flat_inverse)
-        ):
-            point_out, point_log_det = function(point[index], c)
-            torch.testing.assert_close(point_out, out[index], atol=atol, rtol=1e-6)
-            torch.testing.assert_close(point_log_det, log_det[index], atol=atol, rtol=1e-6)
-            expected = autograd_log_abs_det(lambda p, f=function, c=c: f(p, c)[0], point[index])
+        contexts = rows(context.expand(*batch_shape, context.shape[-1]))
+    directions = (
+        (bijector.forward, rows(z), rows(x), rows(log_det_forward)),
+        (bijector.inverse, rows(x2), rows(z2), rows(log_det_inverse2)),
+    )
+    for index in range(min(num_jacobian_points, len(contexts))):
+        c = contexts[index]
+        for function, inputs, outputs, log_dets in directions:
+            point_out, point_log_det = function(inputs[index], c)
+            torch.testing.assert_close(point_out, outputs[index], atol=atol, rtol=1e-6)
+            torch.testing.assert_close(point_log_det, log_dets[index], atol=atol, rtol=1e-6)
+            expected = autograd_log_abs_det(lambda p, f=function, c=c: f(p, c)[0], inputs[index])
             torch.testing.assert_close(point_log_det, expected, atol=1e-7, rtol=1e-6)

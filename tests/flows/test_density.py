@@ -6,7 +6,7 @@ import torch
 
 from tests.flows.helpers import FLOW_BUILDERS, make_flow
 
-SPACING = 0.04
+SPACING = 0.05
 GRID_AXIS = torch.arange(-10 + SPACING / 2, 10, SPACING, dtype=torch.float64)
 CUTS = torch.tensor([-1.0, 1.0], dtype=torch.float64)
 
