@@ -1,0 +1,129 @@
+"""Metrics of a distilled student against its teacher. Never only a mean: heavy tails
+(a few samples far outside the teacher's support, a dropped mode) hide in means."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from distill.flows import Flow
+
+
+def robust_summary(values: Tensor, prefix: str) -> dict[str, float]:
+    """Mean with its standard error, median and the 1%-trimmed mean of ``values`` (N,)."""
+    values = values.double().flatten()
+    sorted_values = values.sort().values
+    cut = int(0.01 * len(values))
+    trimmed = sorted_values[cut : len(values) - cut] if cut else sorted_values
+    return {
+        f"{prefix}_mean": values.mean().item(),
+        f"{prefix}_sem": (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0,
+        f"{prefix}_median": values.median().item(),
+        f"{prefix}_trimmed_mean": trimmed.mean().item(),
+    }
+
+
+@torch.no_grad()
+def kl_terms(student: Flow, teacher: Flow, num_samples: int, chunk: int = 10_000) -> Tensor:
+    """``log q(x) - log p(x)`` for ``num_samples`` student samples, in chunks: ``(N,)``."""
+    parts = []
+    for size in _chunks(num_samples, chunk):
+        x, log_q = student.sample_and_log_prob((size,))
+        parts.append(log_q - teacher.log_prob(x))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def batched_log_prob(flow: Flow, x: Tensor, chunk: int = 10_000) -> Tensor:
+    return torch.cat([flow.log_prob(part) for part in x.split(chunk)])
+
+
+def _chunks(total: int, chunk: int) -> list[int]:
+    return [min(chunk, total - start) for start in range(0, total, chunk)]
+
+
+def sampling_time(sample: Callable[[int], Tensor], num_samples: int, repeats: int = 5) -> float:
+    """Median wall time (s) of ``sample(num_samples)``, after one warm-up call; waits for
+    the device to finish (CUDA) before reading the clock."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        out = sample(num_samples)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        return time.perf_counter() - start
+
+    run()
+    return statistics.median(run() for _ in range(repeats))
+
+
+@torch.no_grad()
+def evaluate_distillation(
+    student: Flow,
+    teacher: Flow,
+    test_data: Tensor,
+    num_kl_samples: int = 100_000,
+    num_timing_samples: int = 1000,
+    coverage_margin: float = 5.0,
+    tail_threshold: float = 10.0,
+) -> dict[str, float]:
+    """Everything the report shows about a student, both flows in the data's space.
+
+    - ``student/kl_*``: KL(q || p) terms on ``num_kl_samples`` student samples (mean, sem,
+      median, 1%-trimmed mean) and ``student/kl_tail_fraction``, the fraction above
+      ``tail_threshold`` nats;
+    - ``{teacher,student}/test_nll`` (and ``_median``) on ``test_data`` (the student's needs
+      its sequential inverse), ``student/coverage_loss``: the fraction of test points where
+      the student's NLL exceeds the teacher's by more than ``coverage_margin`` nats;
+    - ``teacher/ll_of_student_samples`` next to ``teacher/ll_of_own_samples``;
+    - ``sampling/{teacher,student}_s`` to draw ``num_timing_samples`` and their ratio.
+    """
+    terms = kl_terms(student, teacher, num_kl_samples)
+    metrics = robust_summary(terms, "student/kl")
+    metrics["student/kl_tail_fraction"] = (terms > tail_threshold).double().mean().item()
+
+    data = test_data.to(next(teacher.parameters()).device)
+    teacher_nll = -batched_log_prob(teacher, data)
+    student_nll = -batched_log_prob(student, data)
+    metrics.update(
+        {
+            "teacher/test_nll": teacher_nll.mean().item(),
+            "teacher/test_nll_median": teacher_nll.median().item(),
+            "student/test_nll": student_nll.mean().item(),
+            "student/test_nll_median": student_nll.median().item(),
+            "student/coverage_loss": (student_nll - teacher_nll > coverage_margin)
+            .double()
+            .mean()
+            .item(),
+            "student/nll_gap": (student_nll.mean() - teacher_nll.mean()).item(),
+            "student/nll_relative_gap": (
+                (student_nll.mean() - teacher_nll.mean()) / teacher_nll.mean().abs()
+            ).item(),
+        }
+    )
+
+    if data.shape[-1] > 2:
+        for name, nll in (("teacher", teacher_nll), ("student", student_nll)):
+            metrics[f"{name}/test_bpd"] = nll.mean().item() / (data.shape[-1] * math.log(2.0))
+
+    student_samples = student.sample((num_kl_samples // 10,))
+    teacher_samples = teacher.sample((num_kl_samples // 10,))
+    metrics["teacher/ll_of_student_samples"] = (
+        batched_log_prob(teacher, student_samples).mean().item()
+    )
+    metrics["teacher/ll_of_own_samples"] = batched_log_prob(teacher, teacher_samples).mean().item()
+
+    metrics["sampling/num_samples"] = num_timing_samples
+    metrics["sampling/teacher_s"] = sampling_time(
+        lambda n: teacher.sample((n,)), num_timing_samples
+    )
+    metrics["sampling/student_s"] = sampling_time(
+        lambda n: student.sample((n,)), num_timing_samples
+    )
+    metrics["sampling/speedup"] = metrics["sampling/teacher_s"] / metrics["sampling/student_s"]
+    return metrics

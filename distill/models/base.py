@@ -1,0 +1,65 @@
+"""What the teacher and the student modules share: optimizer set-up, gradient-norm logging,
+and the guard that stops non-finite training with a usable checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from distill.flows import Bijector, Chain, Flow
+from distill.models.optim import build_optimizer
+
+
+def in_data_space(model_flow: Flow, preprocessing: Bijector | None) -> Flow:
+    """The distribution of ``preprocessing.forward(x)``, ``x ~ model_flow``: a flow fitted in
+    the preprocessed (model) space, seen in the data's own space (log-det included)."""
+    if preprocessing is None:
+        return model_flow
+    return Flow(Chain([model_flow.bijector, preprocessing]), base=model_flow.base)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the last finite state was saved."""
+
+
+class FlowModule(L.LightningModule):
+    """Base of the distill modules. Subclasses set ``self.hparams.optim`` (plain values, see
+    `build_optimizer`) and return their loss from ``training_step``."""
+
+    def configure_optimizers(self):
+        return build_optimizer(
+            (p for p in self.parameters() if p.requires_grad),
+            self.hparams.optim,
+            self.trainer.estimated_stepping_batches,
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the learning rate and gradient norm; before a non-finite gradient reaches the weights, save the
+        last finite state as ``last.ckpt`` and stop with a message that says what to do."""
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if not torch.isfinite(norm):
+            path = self._save_rescue_checkpoint()
+            raise NonFiniteTrainingError(
+                f"training became non-finite at global step {self.global_step} (gradient norm "
+                f"{norm.item()}). The last finite weights and optimizer state are in {path}. "
+                "Lower optim.lr, tighten trainer.gradient_clip_val or the flow's "
+                "log_scale_bound, then resume with ckpt_path=" + str(path)
+            )
+
+    def _save_rescue_checkpoint(self) -> Path:
+        callback = self.trainer.checkpoint_callback
+        directory = Path(
+            callback.dirpath
+            if callback is not None and callback.dirpath
+            else self.trainer.default_root_dir
+        )
+        path = directory / "last.ckpt"
+        self.trainer.save_checkpoint(path)
+        return path
