@@ -95,6 +95,18 @@ def check_features(tensor: Tensor, features: int | None, name: str = "input") ->
         )
 
 
+def check_context(context: Tensor | None, context_features: int | None) -> None:
+    """Raise a clear error if a conditional network gets no context or one of the wrong width."""
+    if not context_features:
+        return
+    if context is None or context.dim() == 0 or context.shape[-1] != context_features:
+        got = "none" if context is None else f"shape {tuple(context.shape)}"
+        raise ValueError(
+            f"this flow was built with context_features={context_features} but got {got}: "
+            f"pass context=<tensor of shape (..., {context_features})>"
+        )
+
+
 def soft_clamp(log_scale: Tensor, bound: float) -> Tensor:
     """Smoothly bound a log-scale to (-bound, bound): ``bound * tanh(log_scale / bound)``.
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.flows.base import Bijector, soft_clamp
+from distill.flows.base import Bijector, check_context, soft_clamp
 
 
 class ConditionerMLP(nn.Module):
@@ -42,12 +42,10 @@ class ConditionerMLP(nn.Module):
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_features:
-            if context is None:
-                raise ValueError(
-                    f"this network was built with context_features={self.context_features}: "
-                    "pass context=<tensor of shape (..., C)>"
-                )
-            context = context.expand(*inputs.shape[:-1], context.shape[-1])
+            check_context(context, self.context_features)
+            batch_shape = torch.broadcast_shapes(inputs.shape[:-1], context.shape[:-1])
+            inputs = inputs.expand(*batch_shape, inputs.shape[-1])
+            context = context.expand(*batch_shape, context.shape[-1])
             inputs = torch.cat([inputs, context], dim=-1)
         return self.net(inputs)
 
@@ -107,6 +105,7 @@ class AffineCoupling(Bijector):
         return inputs[..., self.identity_index], inputs[..., self.transform_index]
 
     def _merge(self, passthrough: Tensor, transformed: Tensor) -> Tensor:
+        passthrough = passthrough.expand(*transformed.shape[:-1], passthrough.shape[-1])
         return torch.cat([passthrough, transformed], dim=-1)[..., self.merge_index]
 
     def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.flows.base import check_context
+
 
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` (out, in) buffer."""
@@ -94,11 +96,7 @@ class MADE(nn.Module):
         first, *rest = self.hidden
         hidden = first(inputs)
         if self.context_layer is not None:
-            if context is None:
-                raise ValueError(
-                    f"this network was built with context_features={self.context_features}: "
-                    "pass context=<tensor of shape (..., C)>"
-                )
+            check_context(context, self.context_features)
             hidden = hidden + self.context_layer(context)
         for layer in rest:
             hidden = layer(hidden)

@@ -108,8 +108,25 @@ def test_log_prob_broadcasts_one_context_over_a_batch(name, context_batch):
 )
 @pytest.mark.parametrize("name", FLOW_BUILDERS)
 def test_missing_context_is_a_clear_error(name, call):
-    with pytest.raises(ValueError, match=f"context_features={C}: pass context="):
+    with pytest.raises(ValueError, match=f"context_features={C} but got none: pass context="):
         call(conditional_flow(name))
+
+
+@pytest.mark.parametrize("name", FLOW_BUILDERS)
+def test_wrong_context_width_is_a_clear_error(name):
+    x = torch.randn(3, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"got shape \(3, 5\)"):
+        conditional_flow(name).log_prob(x, torch.randn(3, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", FLOW_BUILDERS)
+def test_context_batch_broadcasts_against_the_data_batch(name):
+    flow = conditional_flow(name)
+    x = torch.randn(5, D, dtype=torch.float64)
+    context = random_context(2, 1)
+    log_prob = flow.log_prob(x, context)
+    assert log_prob.shape == (2, 5)
+    torch.testing.assert_close(log_prob[1], flow.log_prob(x, context[1].expand(5, C)))
 
 
 @pytest.mark.parametrize("name", FLOW_BUILDERS)
