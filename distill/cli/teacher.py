@@ -38,7 +38,10 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = TeacherModule(
         flow={**plain(cfg.flow), "features": datamodule.features},
-        preprocessing=datamodule.preprocessing_spec,
+        preprocessing={
+            "_target_": "distill.data.build_preprocessing",
+            **datamodule.preprocessing_config,
+        },
         optim=cfg.optim,
         data={
             "spec": plain(cfg.data),
