@@ -1,0 +1,33 @@
+"""Data sets as LightningDataModules, with their fitted preprocessing as fixed bijectors.
+
+Batches are float32 ``(B, D)`` tensors in data space. Each module's ``preprocessing`` maps
+model space -> data space (forward), so ``Chain([flow_bijector, preprocessing])`` gives
+log-likelihoods and samples in data space; ``entropy`` is the true entropy (nats) when known.
+"""
+
+from distill.data.datamodule import DensityDataModule, GeneratedDataModule, to_bits_per_dim
+from distill.data.digits import DigitsDataModule
+from distill.data.files import FileDataModule, load_matrix
+from distill.data.preprocessing import Logit, Standardize, build_preprocessing
+from distill.data.registry import DATASETS, build_datamodule
+from distill.data.siggraph import Glyphs, SiggraphDataModule
+from distill.data.toys import TOYS, MoonsDataModule, ToyDataModule
+
+__all__ = [
+    "DATASETS",
+    "TOYS",
+    "DensityDataModule",
+    "DigitsDataModule",
+    "FileDataModule",
+    "GeneratedDataModule",
+    "Glyphs",
+    "Logit",
+    "MoonsDataModule",
+    "SiggraphDataModule",
+    "Standardize",
+    "ToyDataModule",
+    "build_datamodule",
+    "build_preprocessing",
+    "load_matrix",
+    "to_bits_per_dim",
+]

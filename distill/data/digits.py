@@ -1,0 +1,84 @@
+"""sklearn's 8 x 8 handwritten digits as a 64-D density estimation problem.
+
+Data space is the dequantized pixel space: each pixel value v in {0, ..., 16} becomes
+``v + u``, ``u ~ U(0, 1)``, so the data live in [0, 17]^64 and a density there is a lower
+bound on the discrete pixels' likelihood. Likelihoods are reported in bits/dim of that space:
+``nll / (64 ln 2)``; independent per-pixel histograms score about 2.4 bits/dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from sklearn.datasets import load_digits
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from distill.data.datamodule import DensityDataModule, split_rng, split_rows
+
+NUM_LEVELS = 17  # pixel values 0..16
+
+
+class Dequantized(Dataset):
+    """Integer-valued rows ``values`` (N, D); item i is ``values[i] + U(0, 1)^D`` with fresh
+    noise at every draw (from torch's global generator), shape (D,)."""
+
+    def __init__(self, values: Tensor):
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> Tensor:
+        row = self.values[index]
+        return row + torch.rand(row.shape, dtype=row.dtype)
+
+
+class DigitsDataModule(DensityDataModule):
+    """The 1797 digits of ``sklearn.datasets.load_digits`` (shipped with sklearn), split into
+    disjoint train/val/test rows by ``seed``; 64-D, ``image_shape = (8, 8)``.
+
+    ``val_data`` and ``test_data`` carry fixed dequantization noise (drawn from ``seed``);
+    the train loader draws fresh noise at every epoch, and ``train_data`` is one fixed draw
+    (used to fit the preprocessing). Preprocessing: logit with margin ``logit_alpha`` on
+    [0, 17], then standardization.
+    """
+
+    name = "digits"
+    image_shape = (8, 8)
+    bits_per_dim = True
+
+    def __init__(
+        self,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        logit_alpha: float = 0.05,
+        batch_size: int = 256,
+        num_workers: int = 0,
+    ):
+        super().__init__(64, batch_size, num_workers)
+        self.save_hyperparameters()
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.seed = seed
+        self.logit_alpha = logit_alpha
+        self.train_pixels: Tensor | None = None
+
+    @property
+    def preprocessing_config(self) -> dict:
+        return {
+            "features": self.features,
+            "logit_upper": float(NUM_LEVELS),
+            "logit_alpha": self.logit_alpha,
+        }
+
+    def _splits(self) -> tuple[Tensor, Tensor, Tensor]:
+        pixels = torch.as_tensor(load_digits().data, dtype=torch.float32)
+        splits = split_rows(pixels, self.val_fraction, self.test_fraction, self.seed, "digits")
+        self.train_pixels = splits[0]
+        return tuple(
+            split + torch.as_tensor(split_rng(self.seed, index).rand(*split.shape))
+            for index, split in enumerate(splits)
+        )
+
+    def _train_dataset(self) -> Dataset:
+        return Dequantized(self.train_pixels)
