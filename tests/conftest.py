@@ -6,8 +6,37 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """W&B offline, with every directory it writes inside the test's tmp_path."""
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        folder = tmp_path / "wandb_home" / name.lower()
+        folder.mkdir(parents=True)
+        monkeypatch.setenv(name, str(folder))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """``compose_config(name, overrides, output_dir=None)``: a config composed with Hydra's
+    compose API, its run directory set to a folder under tmp_path (there is no real run)."""
+    GlobalHydra.instance().clear()
+
+    def _compose(config_name: str, overrides: list[str] = (), output_dir=None):
+        output_dir = output_dir or tmp_path / "run"
+        with initialize_config_module("distill.conf", version_base="1.3"):
+            return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+    yield _compose
+    GlobalHydra.instance().clear()

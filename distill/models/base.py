@@ -53,6 +53,13 @@ class FlowModule(L.LightningModule):
                 "log_scale_bound, then resume with ckpt_path=" + str(path)
             )
 
+    def on_train_end(self) -> None:
+        """Lightning writes ``last.ckpt`` at the last validation; make it the final state, so
+        that resuming from it continues exactly where training stopped."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.save_last and callback.dirpath:
+            self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+
     def _save_rescue_checkpoint(self) -> Path:
         callback = self.trainer.checkpoint_callback
         directory = Path(

@@ -64,7 +64,8 @@ class StudentModule(FlowModule):
                 "ema_decay": ema_decay,
                 "init": init,
                 "seed": seed,
-            }
+            },
+            logger=False,  # the entry point logs the whole resolved config
         )
         teacher = self.hparams.teacher
         self.teacher_flow: Flow = build_from_spec(teacher["flow"], "teacher flow")

@@ -46,7 +46,8 @@ class TeacherModule(FlowModule):
                 "preprocessing": plain(preprocessing),
                 "optim": plain(optim) or {},
                 "data": plain(data) or {},
-            }
+            },
+            logger=False,  # the entry point logs the whole resolved config
         )
         self.model_flow: Flow = build_from_spec(self.hparams.flow, "flow")
         self.preprocessing: Bijector | None = (
