@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.datasets import make_circles, make_moons
@@ -34,6 +36,7 @@ _CIRCLES_STD = 0.24
 _SPIRAL_TURNS = 3 * math.pi  # FFJORD's 540 degrees
 _SPIRAL_BOX = 0.5 / 3
 _SPIRAL_STD = 0.1
+_MOONS_MIN_NOISE_FOR_ENTROPY = 0.005
 
 
 def sample_8gaussians(num_samples: int, rng: np.random.RandomState) -> np.ndarray:
@@ -170,9 +173,12 @@ def entropy_circles() -> float:
 
 
 @functools.cache
-def entropy_moons(noise: float) -> float:
+def entropy_moons(noise: float) -> float | None:
     """About 0.2892 nats for noise 0.05: each half circle, uniform in angle (Gauss-Legendre
-    nodes, well under ``noise`` apart), convolved with N(0, noise^2 I); equal mixture."""
+    nodes, well under ``noise`` apart), convolved with N(0, noise^2 I); equal mixture.
+    None below noise 0.005, where the grid (memory ~ 1 / noise^2) would exceed ~100 MB."""
+    if noise < _MOONS_MIN_NOISE_FOR_ENTROPY:
+        return None
     nodes, weights = np.polynomial.legendre.leggauss(max(64, math.ceil(2 * math.pi / noise)))
     angles = (nodes + 1) * math.pi / 2
     outer = np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -186,15 +192,23 @@ def entropy_moons(noise: float) -> float:
     )
 
 
-#: The FFJORD toys: name -> (sampler, entropy or None when the density is not tractable).
-#: pinwheel's density needs the preimages of a non-injective map: not computed.
+class Toy(NamedTuple):
+    """A toy's sampler ``(num_samples, rng) -> (num_samples, 2)`` and its entropy function
+    (None when the density is not tractable)."""
+
+    sample: Callable[[int, np.random.RandomState], np.ndarray]
+    entropy: Callable[[], float] | None
+
+
+#: The FFJORD toys by name. pinwheel's density needs the preimages of a map that is not
+#: injective in the tails: its entropy is not computed.
 TOYS = {
-    "8gaussians": (sample_8gaussians, entropy_8gaussians),
-    "checkerboard": (sample_checkerboard, entropy_checkerboard),
-    "pinwheel": (sample_pinwheel, None),
-    "2spirals": (sample_2spirals, entropy_2spirals),
-    "rings": (sample_rings, entropy_rings),
-    "circles": (sample_circles, entropy_circles),
+    "8gaussians": Toy(sample_8gaussians, entropy_8gaussians),
+    "checkerboard": Toy(sample_checkerboard, entropy_checkerboard),
+    "pinwheel": Toy(sample_pinwheel, None),
+    "2spirals": Toy(sample_2spirals, entropy_2spirals),
+    "rings": Toy(sample_rings, entropy_rings),
+    "circles": Toy(sample_circles, entropy_circles),
 }
 
 
@@ -218,10 +232,10 @@ class ToyDataModule(GeneratedDataModule):
         self.name = name
 
     def _sample(self, num_samples: int, rng: np.random.RandomState) -> np.ndarray:
-        return TOYS[self.name][0](num_samples, rng)
+        return TOYS[self.name].sample(num_samples, rng)
 
     def _true_entropy(self) -> float | None:
-        entropy = TOYS[self.name][1]
+        entropy = TOYS[self.name].entropy
         return None if entropy is None else entropy()
 
 
@@ -249,5 +263,5 @@ class MoonsDataModule(GeneratedDataModule):
     def _sample(self, num_samples: int, rng: np.random.RandomState) -> np.ndarray:
         return sample_moons(num_samples, rng, self.noise)
 
-    def _true_entropy(self) -> float:
+    def _true_entropy(self) -> float | None:
         return entropy_moons(self.noise)

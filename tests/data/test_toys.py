@@ -148,6 +148,7 @@ def test_grid_quadrature_matches_a_radial_integral_for_a_ring():
 
 def test_moons_noise_option():
     assert entropy_moons(0.1) > entropy_moons(0.05)
+    assert entropy_moons(0.004) is None  # too fine for the quadrature grid
     module = build_datamodule("moons", noise=0.1, **SMALL)
     module.setup()
     assert module.entropy == entropy_moons(0.1)
