@@ -38,9 +38,9 @@ class DigitsDataModule(DensityDataModule):
     disjoint train/val/test rows by ``seed``; 64-D, ``image_shape = (8, 8)``.
 
     ``val_data`` and ``test_data`` carry fixed dequantization noise (drawn from ``seed``);
-    the train loader draws fresh noise at every epoch, and ``train_data`` is one fixed draw
-    (used to fit the preprocessing). Preprocessing: logit with margin ``logit_alpha`` on
-    [0, 17], then standardization.
+    the train loader draws fresh noise at every epoch around ``train_pixels`` (the integer
+    training pixels), and ``train_data`` is one fixed draw (used to fit the preprocessing).
+    Preprocessing: logit with margin ``logit_alpha`` on [0, 17], then standardization.
     """
 
     name = "digits"
