@@ -15,21 +15,7 @@ import torch
 from distill.cli.teacher import build_datamodule, train_teacher
 from distill.models import TeacherModule
 from distill.models.base import NonFiniteTrainingError
-
-SMALL_MOONS = [
-    "data=moons",
-    "data.num_train=4096",
-    "data.num_val=1000",
-    "data.num_test=2000",
-    "data.batch_size=256",
-    "flow.num_layers=4",
-    "flow.hidden_features=[64,64]",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=20",
-    "trainer.max_steps=300",
-    "trainer.enable_progress_bar=false",
-    "callbacks.figures.every_n_epochs=5",
-]
+from tests.models.conftest import SMALL_MOONS
 
 
 def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
@@ -68,29 +54,8 @@ def read_wandb_summary(run_dir: Path, timeout: float = 60.0) -> dict:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One short teacher run on moons, shared by the tests below."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    root = tmp_path_factory.mktemp("teacher")
-    env = pytest.MonkeyPatch()
-    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        (root / name.lower()).mkdir()
-        env.setenv(name, str(root / name.lower()))
-    env.setenv("WANDB_SILENT", "true")
-    GlobalHydra.instance().clear()
-    with initialize_config_module("distill.conf", version_base="1.3"):
-        cfg = compose("teacher", [*SMALL_MOONS, f"paths.output_dir={root / 'run'}"])
-    GlobalHydra.instance().clear()
-    metrics = train_teacher(cfg)
-    yield cfg, metrics, root / "run"
-    env.undo()
-
-
-def test_short_training_beats_a_gaussian_clearly(trained):
-    cfg, metrics, _ = trained
+def test_short_training_beats_a_gaussian_clearly(trained_teacher):
+    cfg, metrics, _ = trained_teacher
     datamodule = build_datamodule(cfg)
     baseline = gaussian_nll(datamodule.train_data, datamodule.test_data)
     # Measured: Gaussian ~1.98 nats, this 300-step MAF ~0.7-0.9 nats (entropy 0.289).
@@ -101,8 +66,8 @@ def test_short_training_beats_a_gaussian_clearly(trained):
     )
 
 
-def test_run_directory_holds_everything(trained):
-    _, metrics, run = trained
+def test_run_directory_holds_everything(trained_teacher):
+    _, metrics, run = trained_teacher
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["teacher/test_nll"] == pytest.approx(metrics["teacher/test_nll"])
     assert {"teacher/test_nll", "data/entropy", "teacher/excess_nll"} <= set(on_disk)
@@ -117,8 +82,8 @@ def test_run_directory_holds_everything(trained):
     )
 
 
-def test_offline_wandb_run_contains_metrics_and_images(trained):
-    _, metrics, run = trained
+def test_offline_wandb_run_contains_metrics_and_images(trained_teacher):
+    _, metrics, run = trained_teacher
     run_dirs = list((run / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
     summary = read_wandb_summary(run_dirs[0])["summary"]
@@ -131,8 +96,8 @@ def test_offline_wandb_run_contains_metrics_and_images(trained):
             assert (run_dirs[0] / "files" / filename).is_file()
 
 
-def test_best_checkpoint_alone_reproduces_the_test_nll(trained):
-    cfg, metrics, run = trained
+def test_best_checkpoint_alone_reproduces_the_test_nll(trained_teacher):
+    cfg, metrics, run = trained_teacher
     # weights_only loading (torch's default) must work: hyper-parameters are plain values
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["flow"]["_target_"] == "distill.flows.build_maf"
@@ -143,8 +108,8 @@ def test_best_checkpoint_alone_reproduces_the_test_nll(trained):
     assert nll == pytest.approx(metrics["teacher/test_nll"], abs=1e-4)
 
 
-def test_resume_continues_at_the_saved_global_step(trained, compose_config, wandb_env):
-    _, _, run = trained
+def test_resume_continues_at_the_saved_global_step(trained_teacher, compose_config, wandb_env):
+    _, _, run = trained_teacher
     last = run / "checkpoints" / "last.ckpt"
     saved_step = torch.load(last, weights_only=True)["global_step"]
     StepProbe.start_steps.clear()
