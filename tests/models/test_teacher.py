@@ -149,3 +149,28 @@ def test_non_finite_training_stops_with_a_usable_checkpoint(
     )
     teacher = TeacherModule.load_from_checkpoint(last)
     assert torch.isfinite(teacher.flow.log_prob(torch.randn(10, 2))).all()
+
+
+def test_multirun_sweep_writes_one_run_directory_per_job(tmp_path):
+    executable = Path(sys.executable).parent / "distill-teacher"
+    result = subprocess.run(
+        [
+            str(executable),
+            "-m",
+            "data=moons",
+            "flow=maf,realnvp",
+            "data.num_train=1024",
+            "trainer.max_steps=5",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 2
+    assert {json.loads(p.read_text())["teacher/global_step"] for p in runs} == {5}
