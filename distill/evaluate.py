@@ -43,6 +43,23 @@ def batched_log_prob(flow: Flow, x: Tensor, chunk: int = 10_000) -> Tensor:
     return torch.cat([flow.log_prob(part) for part in x.split(chunk)])
 
 
+@torch.no_grad()
+def test_nll(flow: Flow, data: Tensor, prefix: str) -> tuple[dict[str, float], Tensor]:
+    """``{prefix}/test_nll`` (mean, nats) and ``_median``, plus ``{prefix}/test_bpd`` (bits/dim)
+    for D > 2, of ``flow`` on ``data`` (N, D); also returns the per-point NLLs."""
+    data = data.to(next(flow.parameters()).device)
+    nll = -batched_log_prob(flow, data)
+    metrics = {
+        f"{prefix}/test_nll": nll.mean().item(),
+        f"{prefix}/test_nll_median": nll.median().item(),
+    }
+    if data.shape[-1] > 2:
+        metrics[f"{prefix}/test_bpd"] = metrics[f"{prefix}/test_nll"] / (
+            data.shape[-1] * math.log(2.0)
+        )
+    return metrics, nll
+
+
 def _chunks(total: int, chunk: int) -> list[int]:
     return [min(chunk, total - start) for start in range(0, total, chunk)]
 
@@ -87,29 +104,16 @@ def evaluate_distillation(
     metrics = robust_summary(terms, "student/kl")
     metrics["student/kl_tail_fraction"] = (terms > tail_threshold).double().mean().item()
 
-    data = test_data.to(next(teacher.parameters()).device)
-    teacher_nll = -batched_log_prob(teacher, data)
-    student_nll = -batched_log_prob(student, data)
-    metrics.update(
-        {
-            "teacher/test_nll": teacher_nll.mean().item(),
-            "teacher/test_nll_median": teacher_nll.median().item(),
-            "student/test_nll": student_nll.mean().item(),
-            "student/test_nll_median": student_nll.median().item(),
-            "student/coverage_loss": (student_nll - teacher_nll > coverage_margin)
-            .double()
-            .mean()
-            .item(),
-            "student/nll_gap": (student_nll.mean() - teacher_nll.mean()).item(),
-            "student/nll_relative_gap": (
-                (student_nll.mean() - teacher_nll.mean()) / teacher_nll.mean().abs()
-            ).item(),
-        }
+    teacher_metrics, teacher_nll = test_nll(teacher, test_data, "teacher")
+    student_metrics, student_nll = test_nll(student, test_data, "student")
+    gap = student_nll.mean() - teacher_nll.mean()
+    metrics.update(teacher_metrics)
+    metrics.update(student_metrics)
+    metrics["student/coverage_loss"] = (
+        (student_nll - teacher_nll > coverage_margin).double().mean().item()
     )
-
-    if data.shape[-1] > 2:
-        for name, nll in (("teacher", teacher_nll), ("student", student_nll)):
-            metrics[f"{name}/test_bpd"] = nll.mean().item() / (data.shape[-1] * math.log(2.0))
+    metrics["student/nll_gap"] = gap.item()
+    metrics["student/nll_relative_gap"] = (gap / teacher_nll.mean().abs()).item()
 
     student_samples = student.sample((num_kl_samples // 10,))
     teacher_samples = teacher.sample((num_kl_samples // 10,))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -80,14 +81,22 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
 
 
 def finish_loggers(loggers: list[Logger], metrics: dict[str, float]) -> None:
-    """Send the final metrics to every logger and close W&B runs cleanly."""
+    """Send the final metrics to every logger and close W&B runs cleanly. A logger that
+    fails here only warns: the results are already in metrics.json."""
     numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     for logger in loggers:
-        logger.log_metrics(numbers)
-        if isinstance(logger, WandbLogger):
-            for key, value in numbers.items():
-                logger.experiment.summary[key] = value
-        logger.finalize("success")
+        try:
+            logger.log_metrics(numbers)
+            if isinstance(logger, WandbLogger):
+                for key, value in numbers.items():
+                    logger.experiment.summary[key] = value
+            logger.finalize("success")
+        except Exception as error:
+            warnings.warn(
+                f"logger {type(logger).__name__} could not record the final metrics ({error}); "
+                "they are in metrics.json",
+                stacklevel=1,
+            )
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
@@ -103,10 +112,11 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def stage_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
-    """``test/nll`` -> ``{prefix}/test_nll`` for every logged test metric."""
-    return {
-        f"{prefix}/{key.replace('/', '_')}": float(value)
-        for key, value in trainer.callback_metrics.items()
-        if key.startswith("test/")
-    }
+def final_global_step(trainer: L.Trainer) -> int:
+    """The global step training ended at. After ``ddp_spawn``/``ddp_fork`` the launching
+    process's Trainer still says 0, so read it from the final ``last.ckpt`` then."""
+    callback = trainer.checkpoint_callback
+    if trainer.global_step or callback is None or not callback.dirpath:
+        return trainer.global_step
+    last = Path(callback.dirpath) / "last.ckpt"
+    return torch.load(last, weights_only=True)["global_step"] if last.is_file() else 0

@@ -56,9 +56,11 @@ def run_pipeline(cfg: DictConfig) -> dict:
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     metrics = run_pipeline(cfg)
+    report = Path(cfg.paths.output_dir) / "report.md"
     print(
-        f"teacher test NLL {metrics['teacher/test_nll']:.4f}, student {metrics['student/test_nll']:.4f}; "
-        f"student KL {metrics['student/kl_trimmed_mean']:.4f} nats; sampling "
-        f"{metrics['sampling/speedup']:.1f}x faster. Report: {Path(cfg.paths.output_dir) / 'report.md'}"
+        f"teacher test NLL {metrics['teacher/test_nll']:.4f}, "
+        f"student {metrics['student/test_nll']:.4f}; "
+        f"student KL {metrics['student/kl_trimmed_mean']:.4f} nats; "
+        f"sampling {metrics['sampling/speedup']:.1f}x faster. Report: {report}"
     )
     return metrics["student/kl_trimmed_mean"]

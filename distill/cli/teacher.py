@@ -14,11 +14,12 @@ from distill.cli.common import (
     build_loggers,
     build_trainer,
     exit_on_user_error,
+    final_global_step,
     finish_loggers,
     log_config,
-    stage_metrics,
     write_metrics,
 )
+from distill.evaluate import test_nll
 from distill.models import TeacherModule
 from distill.models.spec import build_from_spec, plain
 
@@ -31,8 +32,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def train_teacher(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test on the best checkpoint, write ``metrics.json``; returns the metrics and
-    (under ``"teacher/checkpoint"``) the best checkpoint's path."""
+    """Fit, evaluate the best checkpoint on the test split, write ``metrics.json``; returns
+    the metrics and (under ``"teacher/checkpoint"``) the best checkpoint's path."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
@@ -59,11 +60,11 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_time = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-
-    metrics: dict[str, Any] = stage_metrics(trainer, "teacher")
+    if best:
+        module = TeacherModule.load_from_checkpoint(best, map_location=module.device)
+    metrics: dict[str, Any] = test_nll(module.eval().flow, datamodule.test_data, "teacher")[0]
     metrics["teacher/train_time_s"] = train_time
-    metrics["teacher/global_step"] = trainer.global_step
+    metrics["teacher/global_step"] = final_global_step(trainer)
     if datamodule.entropy is not None:
         metrics["data/entropy"] = datamodule.entropy
         metrics["teacher/excess_nll"] = metrics["teacher/test_nll"] - datamodule.entropy

@@ -36,8 +36,9 @@ class FlowModule(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the learning rate and gradient norm; before a non-finite gradient reaches the weights, save the
-        last finite state as ``last.ckpt`` and stop with a message that says what to do."""
+        """Log the learning rate and gradient norm. Before a non-finite gradient reaches the
+        weights, save the last finite state as ``last.ckpt`` and stop with a message that says
+        what to do."""
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
