@@ -17,6 +17,7 @@ from distill.cli.common import (
     build_loggers,
     build_trainer,
     exit_on_user_error,
+    final_global_step,
     finish_loggers,
     log_config,
     write_metrics,
@@ -94,7 +95,7 @@ def distill_student(cfg: DictConfig, teacher_ckpt: str | Path | None = None) -> 
 
     metrics: dict[str, Any] = {
         "student/train_time_s": train_time,
-        "student/global_step": trainer.global_step,
+        "student/global_step": final_global_step(trainer),
     }
     if trainer.is_global_zero:
         metrics.update(evaluate_test(cfg, module, datamodule, trainer, output_dir))
