@@ -13,19 +13,25 @@ from torch import Tensor, nn
 from distill.flows.base import Bijector
 
 
-def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (biased) variance over all leading dims of ``x`` (..., D), summed across
-    processes when torch.distributed is running, so every rank normalizes with the
-    statistics of the global batch (differentiably: the gradient sees the all-reduce)."""
-    flat = x.reshape(-1, x.shape[-1])
-    stats = torch.cat([flat.sum(0), flat.square().sum(0), flat.new_tensor([flat.shape[0]])])
+def _global_sum(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over all processes when torch.distributed runs with several ranks
+    (differentiably: the gradient flows through the all-reduce), else itself."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         from torch.distributed.nn.functional import all_reduce
 
-        stats = all_reduce(stats)
-    total, total_sq, count = stats[: x.shape[-1]], stats[x.shape[-1] : -1], stats[-1]
-    mean = total / count
-    return mean, (total_sq / count - mean.square()).clamp_min(0.0)
+        return all_reduce(tensor)
+    return tensor
+
+
+def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (biased) variance over all leading dims of ``x`` (..., D), of the global
+    batch across processes. Two passes (mean, then centred squares), so float32 keeps its
+    precision on data with a large mean."""
+    flat = x.reshape(-1, x.shape[-1])
+    count = _global_sum(flat.new_tensor(float(flat.shape[0])))
+    mean = _global_sum(flat.sum(0)) / count
+    variance = _global_sum((flat - mean).square().sum(0)) / count
+    return mean, variance
 
 
 class BatchNorm(Bijector):

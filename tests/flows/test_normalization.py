@@ -60,3 +60,10 @@ def test_act_norm_state_dict_keeps_initialization():
     assert bool(fresh.initialized)
     x = torch.randn(3, 2)
     torch.testing.assert_close(fresh.inverse(x)[0], layer.inverse(x)[0])
+
+
+def test_batch_norm_statistics_keep_float32_precision_far_from_zero():
+    x = 1e4 + torch.randn(4096, 2, dtype=torch.float64)
+    layer = BatchNorm(2)
+    u, _ = layer.inverse(x.float())
+    torch.testing.assert_close(u.double().std(0), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
