@@ -66,4 +66,6 @@ def test_batch_norm_statistics_keep_float32_precision_far_from_zero():
     x = 1e4 + torch.randn(4096, 2, dtype=torch.float64)
     layer = BatchNorm(2)
     u, _ = layer.inverse(x.float())
-    torch.testing.assert_close(u.double().std(0), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        u.double().std(0), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0
+    )
