@@ -56,9 +56,11 @@ class AutoregressiveAffine(Bijector):
     def affine_params(self, conditioner_input: Tensor, context: Tensor | None = None):
         """``(mu, alpha)``, each ``(..., D)``, from the conditioner's input (x for MAF, u for
         IAF): the per-dimension shift and log-scale of ``x = u * exp(alpha) + mu``."""
-        shift, raw_log_scale = self.conditioner(conditioner_input, context).unflatten(
-            -1, (2, self.features)
-        ).unbind(-2)
+        shift, raw_log_scale = (
+            self.conditioner(conditioner_input, context)
+            .unflatten(-1, (2, self.features))
+            .unbind(-2)
+        )
         return shift, soft_clamp(raw_log_scale, self.log_scale_bound)
 
     def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -80,17 +82,15 @@ class AutoregressiveAffine(Bijector):
         return u, -log_scale.sum(-1)
 
     def _solve(self, given: Tensor, context: Tensor | None, transform) -> tuple[Tensor, Tensor]:
-        """The sequential direction: find ``y`` with ``y = transform(given, *params(y))``.
+        """The sequential direction: ``y`` with ``y = transform(given, *params(y))``, solved one
+        dimension at a time in rank order (`MADE.solve`); the log-scale at the solution."""
 
-        After pass k, every dimension of rank < k is exact (its parameters read only
-        dimensions of lower rank), so D passes of the MADE give the answer; the parameters of
-        the last pass are the exact ones, and the log-det is taken from them once.
-        """
-        y = torch.zeros_like(given)
-        for _ in range(self.features):
-            shift, log_scale = self.affine_params(y, context)
-            y = transform(given, shift, log_scale)
-        return y, log_scale
+        def step(given_i: Tensor, params_i: Tensor) -> Tensor:
+            shift, raw_log_scale = params_i.unbind(-1)
+            return transform(given_i, shift, soft_clamp(raw_log_scale, self.log_scale_bound))
+
+        solution, params = self.conditioner.solve(given, step, context)
+        return solution, soft_clamp(params[..., 1, :], self.log_scale_bound)
 
 
 def _to_data(u: Tensor, shift: Tensor, log_scale: Tensor) -> Tensor:

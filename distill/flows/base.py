@@ -42,9 +42,7 @@ class Chain(Bijector):
         self.bijectors = nn.ModuleList(bijectors)
         if len(self.bijectors) == 0:
             raise ValueError("Chain needs at least one bijector")
-        self.features = next(
-            (b.features for b in self.bijectors if b.features is not None), None
-        )
+        self.features = next((b.features for b in self.bijectors if b.features is not None), None)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         total = z.new_zeros(z.shape[:-1])

@@ -65,10 +65,15 @@ def build_maf(
     """Masked autoregressive flow: fast density (one pass per layer), sampling D passes."""
     return build_flow(
         lambda _: MaskedAutoregressiveAffine(
-            features, hidden_features, context_features=context_features,
+            features,
+            hidden_features,
+            context_features=context_features,
             log_scale_bound=log_scale_bound,
         ),
-        features, num_layers, batch_norm, permutation,
+        features,
+        num_layers,
+        batch_norm,
+        permutation,
     )
 
 
@@ -85,10 +90,15 @@ def build_iaf(
     density of external data D passes per layer."""
     return build_flow(
         lambda _: InverseAutoregressiveAffine(
-            features, hidden_features, context_features=context_features,
+            features,
+            hidden_features,
+            context_features=context_features,
             log_scale_bound=log_scale_bound,
         ),
-        features, num_layers, batch_norm, permutation,
+        features,
+        num_layers,
+        batch_norm,
+        permutation,
     )
 
 
@@ -104,10 +114,15 @@ def build_realnvp(
     """Real NVP: affine couplings; both directions one pass per layer."""
     return build_flow(
         lambda _: AffineCoupling(
-            features, hidden_features=hidden_features, context_features=context_features,
+            features,
+            hidden_features=hidden_features,
+            context_features=context_features,
             log_scale_bound=log_scale_bound,
         ),
-        features, num_layers, batch_norm, permutation,
+        features,
+        num_layers,
+        batch_norm,
+        permutation,
     )
 
 
@@ -124,5 +139,8 @@ def build_nice(
         lambda _: AdditiveCoupling(
             features, hidden_features=hidden_features, context_features=context_features
         ),
-        features, num_layers, batch_norm, permutation,
+        features,
+        num_layers,
+        batch_norm,
+        permutation,
     )

@@ -27,9 +27,7 @@ class StandardNormal(nn.Module):
     def rsample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
         """``sample_shape + (D,)`` standard normal draws."""
         anchor = self._anchor
-        return torch.randn(
-            *sample_shape, self.features, dtype=anchor.dtype, device=anchor.device
-        )
+        return torch.randn(*sample_shape, self.features, dtype=anchor.dtype, device=anchor.device)
 
 
 class Flow(nn.Module):

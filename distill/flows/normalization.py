@@ -113,4 +113,3 @@ class ActNorm(Bijector):
             self._initialize(x)
         u = (x - self.shift) * torch.exp(-self.log_scale)
         return u, (-self.log_scale.sum()).expand(x.shape[:-1])
-

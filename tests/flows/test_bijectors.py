@@ -124,23 +124,61 @@ def test_log_scale_is_bounded():
     assert torch.all(log_det.abs() <= 2.0 * D + 1e-5)
 
 
-def test_maf_forward_uses_d_passes_and_inverse_one():
-    layer = MaskedAutoregressiveAffine(D, (16,))
+def count_linear_calls(monkeypatch) -> list:
+    """Count the matrix products of MADE (its layers and its sequential solve)."""
+    import distill.flows.made as made
+
     calls = []
-    layer.conditioner.register_forward_hook(lambda *args: calls.append(1))
+    linear = made.F.linear
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return linear(*args, **kwargs)
+
+    monkeypatch.setattr(made.F, "linear", counting)
+    return calls
+
+
+def test_maf_forward_is_d_partial_passes_and_inverse_one(monkeypatch):
+    layer = MaskedAutoregressiveAffine(D, (16,))  # one hidden layer: 2 products per pass
+    calls = count_linear_calls(monkeypatch)
     layer(torch.randn(3, D))
-    assert len(calls) == D
+    assert len(calls) == 2 * D
     calls.clear()
     layer.inverse(torch.randn(3, D))
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
-def test_iaf_forward_is_one_pass():
+def test_iaf_forward_is_one_pass(monkeypatch):
     layer = InverseAutoregressiveAffine(D, (16,))
-    calls = []
-    layer.conditioner.register_forward_hook(lambda *args: calls.append(1))
+    calls = count_linear_calls(monkeypatch)
     layer(torch.randn(3, D))
-    assert len(calls) == 1
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("context_features", [None, 3])
+@pytest.mark.parametrize("order", [None, CUSTOM_ORDER])
+@pytest.mark.parametrize("layer_class", [MaskedAutoregressiveAffine, InverseAutoregressiveAffine])
+def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, context_features):
+    """The rank-by-rank solve (prefix of units per pass) against the plain definition: D full
+    MADE passes of the fixed-point iteration y <- transform(given, params(y))."""
+    layer = perturb(
+        layer_class(D, (16, 16), order=order, context_features=context_features).double()
+    )
+    context = torch.randn(6, 3, dtype=torch.float64) if context_features else None
+    given = torch.randn(6, D, dtype=torch.float64)
+    solved, log_det = (layer if layer.conditioner_reads_data else layer.inverse)(given, context)
+    y = torch.zeros_like(given)
+    for _ in range(D):
+        shift, log_scale = layer.affine_params(y, context)
+        y = (
+            given * log_scale.exp() + shift
+            if layer.conditioner_reads_data
+            else (given - shift) * torch.exp(-log_scale)
+        )
+    torch.testing.assert_close(solved, y)
+    expected = log_scale.sum(-1) if layer.conditioner_reads_data else -log_scale.sum(-1)
+    torch.testing.assert_close(log_det, expected)
 
 
 @pytest.mark.parametrize(
