@@ -80,11 +80,12 @@ class AffineCoupling(Bijector):
             )
         self.features = features
         self.log_scale_bound = log_scale_bound
-        self.register_buffer("identity_index", mask.nonzero().squeeze(-1))
-        self.register_buffer("transform_index", (~mask).nonzero().squeeze(-1))
-        self.register_buffer(
-            "merge_index", torch.cat([self.identity_index, self.transform_index]).argsort()
-        )
+        # Structure, rebuilt from the arguments: kept out of the state_dict.
+        identity_index, transform_index = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
+        merge_index = torch.cat([identity_index, transform_index]).argsort()
+        self.register_buffer("identity_index", identity_index, persistent=False)
+        self.register_buffer("transform_index", transform_index, persistent=False)
+        self.register_buffer("merge_index", merge_index, persistent=False)
         num_transformed = len(self.transform_index)
         self.conditioner = ConditionerMLP(
             len(self.identity_index),

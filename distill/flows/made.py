@@ -12,12 +12,15 @@ from distill.flows.base import check_context
 
 
 class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` (out, in) buffer."""
+    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` (out, in) buffer.
+
+    The mask is structure, rebuilt from the constructor's arguments, so it is kept out of the
+    state_dict: a checkpoint holds only learned values."""
 
     def __init__(self, mask: Tensor, bias: bool = True):
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
-        self.register_buffer("mask", mask.to(self.weight.dtype))
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
     def forward(self, inputs: Tensor) -> Tensor:
         return F.linear(inputs, self.weight * self.mask, self.bias)
@@ -66,7 +69,7 @@ class MADE(nn.Module):
         self.features = features
         self.out_multiplier = out_multiplier
         self.context_features = context_features
-        self.register_buffer("order", order)
+        self.register_buffer("order", order, persistent=False)
 
         # Hidden degrees cycle through 0..D-2: a unit of degree k may see inputs of rank <= k.
         # With a context they start at -1: units that see the context but no input, without
@@ -82,7 +85,7 @@ class MADE(nn.Module):
         self.units_below = [
             torch.searchsorted(d, torch.arange(features)).tolist() for d in degrees[1:]
         ]
-        self.register_buffer("rank_to_dim", order.argsort())
+        self.register_buffer("rank_to_dim", order.argsort(), persistent=False)
         layers: list[nn.Module] = []
         for d_in, d_out in zip(degrees[:-1], degrees[1:], strict=True):
             layers += [MaskedLinear(d_out[:, None] >= d_in[None, :]), activation()]

@@ -24,8 +24,8 @@ class Permute(Bijector):
                 f"not a permutation of range({len(permutation)}): {permutation.tolist()}"
             )
         self.features = len(permutation)
-        self.register_buffer("permutation", permutation)
-        self.register_buffer("inverse_permutation", permutation.argsort())
+        self.register_buffer("permutation", permutation, persistent=False)
+        self.register_buffer("inverse_permutation", permutation.argsort(), persistent=False)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z[..., self.permutation], z.new_zeros(z.shape[:-1])
