@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,31 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
     existing.update(metrics)
     path.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, prefix: str):
+    """Build loggers and Trainer from ``cfg``, log the config, fit (resuming from
+    ``cfg.ckpt_path`` if set) and reload the best checkpoint in eval mode.
+
+    Returns ``(trainer, loggers, best module, metrics)`` with ``{prefix}/train_time_s`` and
+    ``{prefix}/global_step`` in the metrics."""
+    loggers = build_loggers(cfg)
+    log_config(loggers, cfg)
+    trainer = build_trainer(cfg, loggers)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {
+        f"{prefix}/train_time_s": time.perf_counter() - start,
+        f"{prefix}/global_step": final_global_step(trainer),
+    }
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback is not None else ""
+    if best:
+        module = type(module).load_from_checkpoint(best, map_location=module.device)
+    elif callback is not None and callback.dirpath:  # no validation ran: the final state
+        best = str(Path(callback.dirpath) / "last.ckpt")
+    metrics[f"{prefix}/checkpoint"] = best
+    return trainer, loggers, module.eval(), metrics
 
 
 def final_global_step(trainer: L.Trainer) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,9 @@ from omegaconf import DictConfig
 
 from distill.callbacks import log_images
 from distill.cli.common import (
-    build_loggers,
-    build_trainer,
     exit_on_user_error,
-    final_global_step,
     finish_loggers,
-    log_config,
+    fit,
     write_metrics,
 )
 from distill.evaluate import evaluate_distillation
@@ -81,29 +77,14 @@ def distill_student(cfg: DictConfig, teacher_ckpt: str | Path | None = None) -> 
         init=cfg.init,
         seed=cfg.seed,
     )
-    loggers = build_loggers(cfg)
-    log_config(loggers, cfg)
-    trainer = build_trainer(cfg, loggers)
-
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    train_time = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        module = StudentModule.load_from_checkpoint(best, map_location=module.device)
-    module.eval()
-
-    metrics: dict[str, Any] = {
-        "student/train_time_s": train_time,
-        "student/global_step": final_global_step(trainer),
-    }
+    trainer, loggers, module, metrics = fit(cfg, module, datamodule, "student")
     if trainer.is_global_zero:
         metrics.update(evaluate_test(cfg, module, datamodule, trainer, output_dir))
         metrics_path = write_metrics(output_dir / "metrics.json", metrics)
         images = {p.stem: p for p in sorted((output_dir / "plots").glob("*.png"))}
         write_report(output_dir, json.loads(metrics_path.read_text()), images)
     finish_loggers(loggers, metrics)
-    return {**metrics, "student/checkpoint": best}
+    return metrics
 
 
 @torch.no_grad()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +10,9 @@ import lightning as L
 from omegaconf import DictConfig
 
 from distill.cli.common import (
-    build_loggers,
-    build_trainer,
     exit_on_user_error,
-    final_global_step,
     finish_loggers,
-    log_config,
+    fit,
     write_metrics,
 )
 from distill.evaluate import test_nll
@@ -52,26 +48,16 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
         },
     )
     module.preprocessing.load_state_dict(datamodule.preprocessing.state_dict())
-    loggers = build_loggers(cfg)
-    log_config(loggers, cfg)
-    trainer = build_trainer(cfg, loggers)
-
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    train_time = time.perf_counter() - start
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        module = TeacherModule.load_from_checkpoint(best, map_location=module.device)
-    metrics: dict[str, Any] = test_nll(module.eval().flow, datamodule.test_data, "teacher")[0]
-    metrics["teacher/train_time_s"] = train_time
-    metrics["teacher/global_step"] = final_global_step(trainer)
+    trainer, loggers, module, fit_metrics = fit(cfg, module, datamodule, "teacher")
+    metrics: dict[str, Any] = test_nll(module.flow, datamodule.test_data, "teacher")[0]
+    metrics.update(fit_metrics)
     if datamodule.entropy is not None:
         metrics["data/entropy"] = datamodule.entropy
         metrics["teacher/excess_nll"] = metrics["teacher/test_nll"] - datamodule.entropy
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
     finish_loggers(loggers, metrics)
-    return {**metrics, "teacher/checkpoint": best}
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="pkg://distill.conf", config_name="teacher")

@@ -3,6 +3,8 @@ and the guard that stops non-finite training with a usable checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +20,18 @@ def in_data_space(model_flow: Flow, preprocessing: Bijector | None) -> Flow:
     if preprocessing is None:
         return model_flow
     return Flow(Chain([model_flow.bijector, preprocessing]), base=model_flow.base)
+
+
+@contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the block; the previous mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -12,7 +12,7 @@ from torch import Tensor
 from distill import plots
 from distill.flows import Bijector, Chain, Flow, Permute
 from distill.losses import DistillationObjective, reverse_kl
-from distill.models.base import FlowModule, in_data_space
+from distill.models.base import FlowModule, evaluating, in_data_space
 from distill.models.spec import build_from_spec, plain
 from distill.models.teacher import TeacherModule
 
@@ -205,13 +205,10 @@ class StudentModule(FlowModule):
                 )
         return steps, titles
 
-    @torch.no_grad()
     def figures(self, data: Tensor, image_shape=None, num_samples: int = 4000) -> dict:
         """data | teacher | student samples, both densities and the taffy strip (2-D), or
         sample grids (images). ``data``: ``(N, D)`` reference points."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             teacher_samples = self.teacher.sample((num_samples,))
             student_samples = self.sample(num_samples)
             if image_shape is not None:
@@ -233,5 +230,3 @@ class StudentModule(FlowModule):
                 ),
                 "taffy": plots.taffy_strip(*self.taffy_steps()),
             }
-        finally:
-            self.train(was_training)

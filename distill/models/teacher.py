@@ -11,7 +11,7 @@ from torch import Tensor
 
 from distill import plots
 from distill.flows import Bijector, Flow
-from distill.models.base import FlowModule, in_data_space
+from distill.models.base import FlowModule, evaluating, in_data_space
 from distill.models.spec import build_from_spec, plain
 
 
@@ -93,13 +93,10 @@ class TeacherModule(FlowModule):
         """``(num_samples, D)`` samples in data space (D sequential passes per MAF layer)."""
         return self.flow.sample((num_samples,))
 
-    @torch.no_grad()
     def figures(self, data: Tensor, image_shape=None, num_samples: int = 4000) -> dict:
         """Data vs teacher samples, and the teacher's log-density heatmap (2-D data), or a
         grid of samples (image data). ``data``: ``(N, D)`` reference points."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             samples = self.sample(num_samples)
             if image_shape is not None:
                 return {"teacher_samples": plots.image_grid(samples, image_shape)}
@@ -112,5 +109,3 @@ class TeacherModule(FlowModule):
                     {"teacher": self.flow.log_prob}, bounds, reference=samples
                 ),
             }
-        finally:
-            self.train(was_training)
