@@ -122,46 +122,90 @@ class MADE(nn.Module):
 
         Finds ``y`` (..., D) with ``y_i = step(given_i, params_i(y))`` for every dimension i,
         where ``params_i`` (..., m) are the outputs of dimension i (which read only the
-        ``y_j`` of lower rank). Dimensions are solved in rank order, one pass per dimension,
-        and pass k evaluates only what the outputs of rank k depend on: the units of degree
-        < k (a prefix of each layer, as units are sorted by degree), the inputs of rank < k,
-        and the m output rows of that dimension. That is about a third of the work of D full
-        passes for wide layers. Returns ``y`` and the exact parameters ``(..., m, D)`` at ``y``.
-        Differentiable.
+        ``y_j`` of lower rank). Returns ``y`` and the exact parameters ``(..., m, D)`` at ``y``.
+
+        Dimensions are solved in rank order, and every hidden unit is computed exactly once:
+        a unit of degree d reads only inputs of rank <= d, so it is final as soon as the
+        dimension of rank d is solved. Step k computes the units of degree k - 1 of each layer
+        (a contiguous block, as units are sorted by degree) and the m output rows of the
+        dimension of rank k. In all: one MADE pass plus D small output products, instead of
+        D full passes. Differentiable.
         """
-        features, multiplier = self.features, self.out_multiplier
         linears = self.hidden[0::2]
         activations = self.hidden[1::2]
         weights = [layer.weight * layer.mask for layer in linears]
         weights[0] = weights[0][:, self.rank_to_dim]  # input columns in rank order
         last = self.output_layer
         # (rank, m, units) and (rank, m): the output rows of the dimension of each rank
-        out_weight = (last.weight * last.mask).view(multiplier, features, -1)[:, self.rank_to_dim]
+        out_weight = last.weight * last.mask
+        out_weight = out_weight.view(self.out_multiplier, self.features, -1)[:, self.rank_to_dim]
         out_weight = out_weight.transpose(0, 1)
-        out_bias = last.bias.view(multiplier, features)[:, self.rank_to_dim].T
+        out_bias = last.bias.view(self.out_multiplier, self.features)[:, self.rank_to_dim].T
         context_term = None
         if self.context_layer is not None:
             check_context(context, self.context_features)
             context_term = self.context_layer(context)
 
-        given_by_rank = given[..., self.rank_to_dim]
-        solved: list[Tensor] = []
-        params: list[Tensor] = []
-        for rank in range(features):
-            hidden = (
-                torch.stack(solved, dim=-1) if solved else given.new_zeros(*given.shape[:-1], 0)
+        batch_shape = given.shape[:-1]
+        if context_term is not None:
+            batch_shape = torch.broadcast_shapes(batch_shape, context_term.shape[:-1])
+        in_place = not (
+            torch.is_grad_enabled()
+            and (
+                given.requires_grad
+                or (context is not None and context.requires_grad)
+                or any(p.requires_grad for p in self.parameters())
             )
+        )
+        given_by_rank = given[..., self.rank_to_dim]
+        # the solved dimensions (in rank order), then the final units of each layer
+        inputs = _Columns(batch_shape, self.features, given, in_place)
+        units = [_Columns(batch_shape, w.shape[0], given, in_place) for w in weights]
+        params: list[Tensor] = []
+        for rank in range(self.features):
+            source = inputs.filled
             for index, (linear, weight, activation) in enumerate(
                 zip(linears, weights, activations, strict=True)
             ):
-                units = self.units_below[index][rank]
-                inputs = hidden.shape[-1]
-                hidden = F.linear(hidden, weight[:units, :inputs], linear.bias[:units])
-                if index == 0 and context_term is not None:
-                    hidden = hidden + context_term[..., :units]
-                hidden = activation(hidden)
-            param = F.linear(hidden, out_weight[rank, :, : hidden.shape[-1]], out_bias[rank])
-            solved.append(step(given_by_rank[..., rank], param))
+                start = self.units_below[index][rank - 1] if rank else 0
+                end = self.units_below[index][rank]
+                if end > start:
+                    block = F.linear(
+                        source, weight[start:end, : source.shape[-1]], linear.bias[start:end]
+                    )
+                    if index == 0 and context_term is not None:
+                        block = block + context_term[..., start:end]
+                    units[index].append(activation(block))
+                source = units[index].filled
+            param = F.linear(source, out_weight[rank, :, : source.shape[-1]], out_bias[rank])
+            inputs.append(step(given_by_rank[..., rank], param)[..., None])
             params.append(param)
-        dims = self.order  # rank of each dimension: undo the rank ordering
-        return torch.stack(solved, dim=-1)[..., dims], torch.stack(params, dim=-1)[..., dims]
+        dims = self.order  # the rank of each dimension: back to the dimensions' order
+        return inputs.filled[..., dims], torch.stack(params, dim=-1)[..., dims]
+
+
+class _Columns:
+    """A ``batch_shape + (width,)`` tensor filled block by block, left to right.
+
+    Without autograd the blocks are written in place into one buffer; with autograd each
+    block is concatenated instead (an in-place write would invalidate the tensors that earlier
+    products saved for the backward pass)."""
+
+    def __init__(self, batch_shape: torch.Size, width: int, like: Tensor, in_place: bool):
+        self.in_place = in_place
+        self.batch_shape = batch_shape
+        self.buffer = like.new_empty(*batch_shape, width if in_place else 0)
+        self.size = 0
+
+    def append(self, block: Tensor) -> None:
+        block = block.expand(*self.batch_shape, block.shape[-1])
+        if self.in_place:
+            self.buffer[..., self.size : self.size + block.shape[-1]] = block
+        else:
+            self.buffer = torch.cat([self.buffer, block], dim=-1)
+        self.size += block.shape[-1]
+
+    @property
+    def filled(self) -> Tensor:
+        """The columns filled so far, ``batch_shape + (size,)``."""
+        return self.buffer[..., : self.size]

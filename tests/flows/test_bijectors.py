@@ -124,50 +124,53 @@ def test_log_scale_is_bounded():
     assert torch.all(log_det.abs() <= 2.0 * D + 1e-5)
 
 
-def count_linear_calls(monkeypatch) -> list:
-    """Count the matrix products of MADE (its layers and its sequential solve)."""
+def count_linear_rows(monkeypatch) -> list:
+    """Record the number of output rows (units) of every matrix product MADE makes."""
     import distill.flows.made as made
 
-    calls = []
+    rows = []
     linear = made.F.linear
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return linear(*args, **kwargs)
+    def counting(inputs, weight, bias=None):
+        rows.append(weight.shape[0])
+        return linear(inputs, weight, bias)
 
     monkeypatch.setattr(made.F, "linear", counting)
-    return calls
+    return rows
 
 
-def test_maf_forward_is_d_partial_passes_and_inverse_one(monkeypatch):
-    layer = MaskedAutoregressiveAffine(D, (16,))  # one hidden layer: 2 products per pass
-    calls = count_linear_calls(monkeypatch)
-    layer(torch.randn(3, D))
-    assert len(calls) == 2 * D
-    calls.clear()
-    layer.inverse(torch.randn(3, D))
-    assert len(calls) == 2
+def test_maf_forward_computes_each_unit_once_and_inverse_is_one_pass(monkeypatch):
+    layer = MaskedAutoregressiveAffine(D, (16, 8))
+    rows = count_linear_rows(monkeypatch)
+    layer(torch.randn(3, D))  # sequential: every hidden unit once, then the 2 outputs per rank
+    assert sum(rows) == 16 + 8 + 2 * D and len(rows) <= 3 * D
+    rows.clear()
+    layer.inverse(torch.randn(3, D))  # parallel: one pass
+    assert rows == [16, 8, 2 * D]
 
 
 def test_iaf_forward_is_one_pass(monkeypatch):
     layer = InverseAutoregressiveAffine(D, (16,))
-    calls = count_linear_calls(monkeypatch)
+    rows = count_linear_rows(monkeypatch)
     layer(torch.randn(3, D))
-    assert len(calls) == 2
+    assert rows == [16, 2 * D]
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
 @pytest.mark.parametrize("context_features", [None, 3])
 @pytest.mark.parametrize("order", [None, CUSTOM_ORDER])
 @pytest.mark.parametrize("layer_class", [MaskedAutoregressiveAffine, InverseAutoregressiveAffine])
-def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, context_features):
-    """The rank-by-rank solve (prefix of units per pass) against the plain definition: D full
-    MADE passes of the fixed-point iteration y <- transform(given, params(y))."""
+def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, context_features, grad):
+    """The rank-by-rank solve (each unit computed once; in place without autograd) against
+    the plain definition: D full MADE passes of the iteration y <- transform(given, params(y)).
+    The context batch (2, 1) broadcasts against the data batch (6,)."""
     layer = perturb(
         layer_class(D, (16, 16), order=order, context_features=context_features).double()
     )
-    context = torch.randn(6, 3, dtype=torch.float64) if context_features else None
+    context = torch.randn(2, 1, 3, dtype=torch.float64) if context_features else None
     given = torch.randn(6, D, dtype=torch.float64)
-    solved, log_det = (layer if layer.conditioner_reads_data else layer.inverse)(given, context)
+    with torch.set_grad_enabled(grad):
+        solved, log_det = (layer if layer.conditioner_reads_data else layer.inverse)(given, context)
     y = torch.zeros_like(given)
     for _ in range(D):
         shift, log_scale = layer.affine_params(y, context)
