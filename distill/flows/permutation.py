@@ -28,10 +28,10 @@ class Permute(Bijector):
         self.register_buffer("inverse_permutation", permutation.argsort(), persistent=False)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return z[..., self.permutation], z.new_zeros(z.shape[:-1])
+        return z.index_select(-1, self.permutation), z.new_zeros(z.shape[:-1])
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x[..., self.inverse_permutation], x.new_zeros(x.shape[:-1])
+        return x.index_select(-1, self.inverse_permutation), x.new_zeros(x.shape[:-1])
 
 
 class Reverse(Permute):
@@ -39,6 +39,12 @@ class Reverse(Permute):
 
     def __init__(self, features: int):
         super().__init__(torch.arange(features - 1, -1, -1))
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return z.flip(-1), z.new_zeros(z.shape[:-1])
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x.flip(-1), x.new_zeros(x.shape[:-1])
 
 
 class RandomPermute(Permute):
