@@ -21,6 +21,33 @@ from distill.data.validation import check_matrix, split_sizes
 from distill.flows.base import Chain
 
 
+class Rows(Dataset):
+    """The rows of a ``(N, D)`` tensor as a map-style dataset, fetched a whole batch at a
+    time: ``__getitems__`` indexes the tensor once per batch instead of once per row
+    (DataLoader uses it when present; DDP's distributed sampler still shards the indices)."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def transform(self, batch: Tensor) -> Tensor:
+        """Applied to every fetched ``(B, D)`` batch; the identity here."""
+        return batch
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(self.rows[index : index + 1])[0]
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        return self.transform(self.rows[torch.as_tensor(indices)])
+
+
+def _batch(rows: Tensor) -> Tensor:
+    """The collate function of `Rows` loaders: a fetched batch is already one tensor."""
+    return rows
+
+
 def to_bits_per_dim(nll: float | Tensor, features: int) -> float | Tensor:
     """A negative log-likelihood in nats per sample -> bits per dimension."""
     return nll / (features * math.log(2))
@@ -73,9 +100,9 @@ class DensityDataModule(L.LightningDataModule):
         """The differential entropy (nats) of the data's distribution, None when unknown."""
         return None
 
-    def _train_dataset(self) -> Dataset:
+    def _train_dataset(self) -> Rows:
         """What the train loader draws from; rows of ``train_data`` unless overridden."""
-        return self.train_data
+        return Rows(self.train_data)
 
     def setup(self, stage: str | None = None) -> None:
         """Make (once) the splits, fit the preprocessing to the train split, get the entropy."""
@@ -93,10 +120,11 @@ class DensityDataModule(L.LightningDataModule):
         self.preprocessing = build_preprocessing(**self.preprocessing_config, data=splits[0])
         self.entropy = self._true_entropy()
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Rows, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            collate_fn=_batch,
             shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
@@ -108,10 +136,10 @@ class DensityDataModule(L.LightningDataModule):
         return self._loader(self._train_dataset(), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_data, train=False)
+        return self._loader(Rows(self.val_data), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_data, train=False)
+        return self._loader(Rows(self.test_data), train=False)
 
 
 class GeneratedDataModule(DensityDataModule):

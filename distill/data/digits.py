@@ -11,26 +11,18 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from distill.data.datamodule import DensityDataModule, split_rng, split_rows
+from distill.data.datamodule import DensityDataModule, Rows, split_rng, split_rows
 
 NUM_LEVELS = 17  # pixel values 0..16
 
 
-class Dequantized(Dataset):
-    """Integer-valued rows ``values`` (N, D); item i is ``values[i] + U(0, 1)^D`` with fresh
-    noise at every draw (from torch's global generator), shape (D,)."""
+class Dequantized(Rows):
+    """Integer-valued rows (N, D); every fetched batch is ``values + U(0, 1)^D`` with fresh
+    noise at every draw (from torch's global generator)."""
 
-    def __init__(self, values: Tensor):
-        self.values = values
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, index: int) -> Tensor:
-        row = self.values[index]
-        return row + torch.rand(row.shape, dtype=row.dtype)
+    def transform(self, batch: Tensor) -> Tensor:
+        return batch + torch.rand(batch.shape, dtype=batch.dtype)
 
 
 class DigitsDataModule(DensityDataModule):
@@ -80,5 +72,5 @@ class DigitsDataModule(DensityDataModule):
             for index, split in enumerate(splits)
         )
 
-    def _train_dataset(self) -> Dataset:
+    def _train_dataset(self) -> Rows:
         return Dequantized(self.train_pixels)
