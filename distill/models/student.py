@@ -166,14 +166,19 @@ class StudentModule(FlowModule):
                 averaged.copy_(current)
 
     def _evaluate(self, batch: Tensor, stage: str) -> None:
-        kl = reverse_kl(self.student_flow, self.teacher_flow, self.objective.num_samples)
-        self.log(f"{stage}/kl", kl.mean(), prog_bar=stage == "val", sync_dist=True)
-        self.log(
-            f"{stage}/nll",
-            -self.flow.log_prob(batch).mean(),
-            prog_bar=stage == "val",
-            sync_dist=True,
-        )
+        """``{stage}/loss``: the training objective (what checkpoints select on), its terms,
+        ``{stage}/kl`` (Monte Carlo KL(q || p)) and ``{stage}/nll`` (held-out, data space)."""
+        data = self._to_model_space(batch) if "regression" in self.objective.terms else None
+        loss, parts = self.objective(self.student_flow, self.teacher_flow, data)
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        for name, value in parts.items():
+            self.log(f"{stage}/{name}", value, sync_dist=True)
+        kl = parts.get("reverse_kl")
+        if kl is None:
+            kl = reverse_kl(self.student_flow, self.teacher_flow, self.objective.num_samples).mean()
+        self.log(f"{stage}/kl", kl, prog_bar=stage == "val", sync_dist=True)
+        nll = -self.flow.log_prob(batch).mean()
+        self.log(f"{stage}/nll", nll, prog_bar=stage == "val", sync_dist=True)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._evaluate(batch, "val")

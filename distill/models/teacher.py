@@ -29,7 +29,8 @@ class TeacherModule(FlowModule):
 
     ``self.flow`` is the teacher in data space: log_prob, samples and every logged NLL
     include the preprocessing's log-det. Logged: ``train/nll`` (progress bar),
-    ``{val,test}/nll`` in nats, and for D > 2 ``nats_per_dim`` and ``bpd`` (bits/dim).
+    ``{val,test}/nll`` in nats (also as ``{val,test}/loss``, the objective that checkpoints
+    select on), and for D > 2 ``nats_per_dim`` and ``bpd`` (bits/dim).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class TeacherModule(FlowModule):
     def _evaluate(self, batch: Tensor, stage: str) -> None:
         nll = -self.flow.log_prob(batch).mean()
         self.log(f"{stage}/nll", nll, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/loss", nll, sync_dist=True)  # the objective: what checkpoints select on
         if self.features > 2:
             per_dim = nll / self.features
             self.log(f"{stage}/nats_per_dim", per_dim, sync_dist=True)
