@@ -65,3 +65,11 @@ def test_bad_flow_value_is_a_short_error_naming_the_key(compose_config):
         ValueError, match=r"invalid config `flow` .*hidden_features must be positive"
     ):
         TeacherModule(flow={**plain(cfg.flow), "features": 2})
+
+
+@pytest.mark.parametrize("experiment", ["moons", "siggraph", "8gaussians", "checkerboard", "digits"])
+def test_experiment_configs_compose_and_build(compose_config, experiment):
+    cfg = compose_config("teacher", [f"experiment={experiment}"])
+    assert cfg.data.name == experiment
+    module = TeacherModule(flow={**plain(cfg.flow), "features": 2}, optim=cfg.optim)
+    assert module.model_flow.features == 2
