@@ -57,10 +57,12 @@ def distilled(trained_teacher, tmp_path_factory):
 
 def test_short_distillation_on_moons_meets_kl_and_coverage(distilled):
     metrics, _, _, _ = distilled
-    # Measured with this 300-step teacher and 300-step student (mixed loss): trimmed KL
-    # 0.23 nats, coverage loss 0.05%, a fresh student's KL is ~1.2 nats.
-    assert metrics["student/kl_trimmed_mean"] < 0.35
-    assert metrics["student/coverage_loss"] < 0.02
+    # Measured with this 300-step teacher and a 300-step student (defaults: mixed loss,
+    # init=teacher): trimmed KL 0.003 nats, coverage loss 0, NLL 0.986 vs the teacher's 0.980.
+    # (From init=identity the same run gave 0.23 nats.) The thresholds are the targets.
+    assert metrics["student/kl_trimmed_mean"] < 0.05
+    assert metrics["student/coverage_loss"] < 0.01
+    assert metrics["student/test_nll"] < metrics["teacher/test_nll"] * 1.05
     assert metrics["student/kl_tail_fraction"] < 0.01
 
 
