@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distill.flows import Flow
+from distill.flows import Bijector, Flow
+from distill.models.base import in_data_space
 
 
 def robust_summary(values: Tensor, prefix: str) -> dict[str, float]:
@@ -84,28 +85,36 @@ def evaluate_distillation(
     student: Flow,
     teacher: Flow,
     test_data: Tensor,
+    preprocessing: Bijector | None = None,
     num_kl_samples: int = 100_000,
     num_timing_samples: int = 1000,
     coverage_margin: float = 5.0,
     tail_threshold: float = 10.0,
 ) -> dict[str, float]:
-    """Everything the report shows about a student, both flows in the data's space.
+    """Everything the report shows about a student. ``student`` and ``teacher`` are flows in
+    the preprocessed (model) space and ``preprocessing`` maps it to the data space (forward);
+    every density reported is in the data space.
 
     - ``student/kl_*``: KL(q || p) terms on ``num_kl_samples`` student samples (mean, sem,
       median, 1%-trimmed mean) and ``student/kl_tail_fraction``, the fraction above
-      ``tail_threshold`` nats;
+      ``tail_threshold`` nats. The KL is invariant under the shared preprocessing, so it is
+      computed in model space, where a saturating transform (the digits' logit) cannot
+      round samples onto the edge of the data range;
     - ``{teacher,student}/test_nll`` (and ``_median``) on ``test_data`` (the student's needs
       its sequential inverse), ``student/coverage_loss``: the fraction of test points where
       the student's NLL exceeds the teacher's by more than ``coverage_margin`` nats;
-    - ``teacher/ll_of_student_samples`` next to ``teacher/ll_of_own_samples``;
-    - ``sampling/{teacher,student}_s`` to draw ``num_timing_samples`` and their ratio.
+    - ``teacher/ll_of_student_samples`` next to ``teacher/ll_of_own_samples`` (the latter
+      from the teacher's cached noise);
+    - ``sampling/{teacher,student}_s`` to draw ``num_timing_samples`` (data space) and their
+      ratio.
     """
     terms = kl_terms(student, teacher, num_kl_samples)
     metrics = robust_summary(terms, "student/kl")
     metrics["student/kl_tail_fraction"] = (terms > tail_threshold).double().mean().item()
 
-    teacher_metrics, teacher_nll = test_nll(teacher, test_data, "teacher")
-    student_metrics, student_nll = test_nll(student, test_data, "student")
+    student_data, teacher_data = (in_data_space(f, preprocessing) for f in (student, teacher))
+    teacher_metrics, teacher_nll = test_nll(teacher_data, test_data, "teacher")
+    student_metrics, student_nll = test_nll(student_data, test_data, "student")
     gap = student_nll.mean() - teacher_nll.mean()
     metrics.update(teacher_metrics)
     metrics.update(student_metrics)
@@ -115,19 +124,30 @@ def evaluate_distillation(
     metrics["student/nll_gap"] = gap.item()
     metrics["student/nll_relative_gap"] = (gap / teacher_nll.mean().abs()).item()
 
-    student_samples = student.sample((num_kl_samples // 10,))
-    teacher_samples = teacher.sample((num_kl_samples // 10,))
-    metrics["teacher/ll_of_student_samples"] = (
-        batched_log_prob(teacher, student_samples).mean().item()
+    num_samples = num_kl_samples // 10
+    student_samples = student.sample((num_samples,))
+    teacher_samples, teacher_log_prob = teacher.sample_and_log_prob((num_samples,))
+    metrics["teacher/ll_of_student_samples"] = _in_data_space(
+        batched_log_prob(teacher, student_samples), student_samples, preprocessing
     )
-    metrics["teacher/ll_of_own_samples"] = batched_log_prob(teacher, teacher_samples).mean().item()
+    metrics["teacher/ll_of_own_samples"] = _in_data_space(
+        teacher_log_prob, teacher_samples, preprocessing
+    )
 
     metrics["sampling/num_samples"] = num_timing_samples
     metrics["sampling/teacher_s"] = sampling_time(
-        lambda n: teacher.sample((n,)), num_timing_samples
+        lambda n: teacher_data.sample((n,)), num_timing_samples
     )
     metrics["sampling/student_s"] = sampling_time(
-        lambda n: student.sample((n,)), num_timing_samples
+        lambda n: student_data.sample((n,)), num_timing_samples
     )
     metrics["sampling/speedup"] = metrics["sampling/teacher_s"] / metrics["sampling/student_s"]
     return metrics
+
+
+def _in_data_space(log_prob: Tensor, samples: Tensor, preprocessing: Bijector | None) -> float:
+    """Mean data-space log-density of model-space ``samples`` whose model-space log-density
+    is ``log_prob``: minus the preprocessing's forward log-det, computed from the model side."""
+    if preprocessing is not None:
+        log_prob = log_prob - preprocessing(samples)[1]
+    return log_prob.mean().item()

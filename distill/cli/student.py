@@ -97,9 +97,10 @@ def evaluate_test(
 ) -> dict[str, Any]:
     """Final metrics on the test split and the final figures (PNG + logger images)."""
     metrics = evaluate_distillation(
-        module.flow,
-        module.teacher,
+        module.student_flow,
+        module.teacher_flow,
         datamodule.test_data,
+        module.preprocessing,
         num_kl_samples=cfg.evaluation.num_kl_samples,
         num_timing_samples=cfg.evaluation.num_timing_samples,
     )
