@@ -146,6 +146,23 @@ def registry() -> list[Run]:
                     *overrides, "init=teacher", "optim.lr=1e-3", "trainer.max_steps=3000",
                 )
             )
+    for data in ("moons", "siggraph"):
+        for weight in ("0.1", "0.3"):
+            for seed in (1, 2):
+                runs.append(
+                    student(
+                        data, f"mixed{weight}-teacher-seed{seed}", SEEDS,
+                        *LOSSES[f"mixed{weight}"], "init=teacher", "optim.lr=3e-4",
+                        "trainer.max_steps=1000", f"seed={seed}",
+                    )
+                )
+                runs.append(
+                    student(
+                        data, f"mixed{weight}-identity-seed{seed}", SEEDS,
+                        *LOSSES[f"mixed{weight}"], "init=identity", "optim.lr=1e-3",
+                        "trainer.max_steps=2000", f"seed={seed}",
+                    )
+                )
     for tag, overrides in DIGITS_LOSSES.items():
         runs.append(
             student(
@@ -201,6 +218,7 @@ REGULARIZED = {
     "mixed0.1-ema0.99": ["loss=mixed", "loss.terms.forward_kl=0.1", "ema_decay=0.99"],
 }
 
+SEEDS = "seeds 1, 2 (init=teacher: lr 3e-4, 1000 steps; init=identity: lr 1e-3, 2000 steps)"
 STRESSED = ("reverse_kl", "mixed0.1", "mixed0.3", "forward_kl", "reverse_kl+regression")
 LOSSES = {
     "reverse_kl": ["loss=reverse_kl"],
