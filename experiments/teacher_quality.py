@@ -90,6 +90,7 @@ def run_experiment(name: str, threads: int) -> dict:
     cmd = command(name, run_dir)
     env = environment(threads)
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+    revision = git_revision()  # the code the run imports: others may commit meanwhile
     start, cpu_start = time.perf_counter(), children_cpu_time()
     with open(run_dir / "stdout.log", "w") as log:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -111,7 +112,7 @@ def run_experiment(name: str, threads: int) -> dict:
         "best_step": best_checkpoint_step(metrics.get("teacher/checkpoint")),
         "process_wall_s": wall,
         "process_cpu_s": cpu,
-        "git": git_revision(),
+        "git": revision,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(run_dir.relative_to(ROOT)),
     }
@@ -181,10 +182,11 @@ def markdown(results: dict) -> str:
         f"torch.get_num_threads() = {setting['torch_threads']}), "
         f"OMP_WAIT_POLICY={setting['omp_wait_policy']}, {setting['cpu']} "
         f"({setting['cpu_count']} cores, shared with another engineer's runs), "
-        f"torch {setting['torch']}, distill {setting['git']}.",
+        f"torch {setting['torch']}; rev: the distill commit each row ran at.",
         "",
-        "| experiment | test NLL | entropy | excess | bits/dim | train s | CPU s | steps | best |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| experiment | test NLL | entropy | excess | bits/dim | train s | CPU s | steps | best "
+        "| rev |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in EXPERIMENTS:
         row = results["experiments"].get(name)
@@ -194,7 +196,7 @@ def markdown(results: dict) -> str:
             f"| `{name}` | {number(row['test_nll'], 4)} | {number(row['entropy'], 4)} | "
             f"{number(row['excess_nll'], 4)} | {number(row['test_bpd'], 3)} | "
             f"{row['train_time_s']:.0f} | {row['process_cpu_s']:.0f} | {row['steps']} | "
-            f"{row['best_step'] or '—'} |"
+            f"{row['best_step'] or '—'} | {row['git'] or '—'} |"
         )
     lines += ["", "Commands (from the repository root):", "", "```bash"]
     lines += [
@@ -227,8 +229,6 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "git": git_revision(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     for name in names:
         results["experiments"][name] = run_experiment(name, args.threads)
