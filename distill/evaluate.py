@@ -11,8 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distill.flows import Bijector, Flow
-from distill.models.base import in_data_space
+from distill.flows import Bijector, Flow, in_data_space
 
 
 def robust_summary(values: Tensor, prefix: str) -> dict[str, float]:

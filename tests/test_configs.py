@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from distill.cli.teacher import build_datamodule
 from distill.data import DATASETS
 from distill.models import TeacherModule
-from distill.models.spec import plain
+from distill.spec import plain
 
 DATA = [name for name in DATASETS if name != "file"]
 FLOWS = ["maf", "maf_bn", "maf_fixed_order", "realnvp", "realnvp_bn", "nice", "nice_bn", "iaf"]
@@ -67,7 +67,9 @@ def test_bad_flow_value_is_a_short_error_naming_the_key(compose_config):
         TeacherModule(flow={**plain(cfg.flow), "features": 2})
 
 
-@pytest.mark.parametrize("experiment", ["moons", "siggraph", "8gaussians", "checkerboard", "digits"])
+@pytest.mark.parametrize(
+    "experiment", ["moons", "siggraph", "8gaussians", "checkerboard", "digits"]
+)
 def test_experiment_configs_compose_and_build(compose_config, experiment):
     cfg = compose_config("teacher", [f"experiment={experiment}"])
     assert cfg.data.name == experiment

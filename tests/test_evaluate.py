@@ -4,9 +4,8 @@ import math
 
 import torch
 
-from distill.data import build_preprocessing
 from distill.evaluate import evaluate_distillation, robust_summary
-from distill.flows import build_iaf, build_maf
+from distill.flows import build_iaf, build_maf, build_preprocessing
 from tests.flows.helpers import perturb
 
 

@@ -20,9 +20,9 @@ from distill.cli.common import (
 )
 from distill.evaluate import evaluate_distillation
 from distill.models import StudentModule, TeacherModule
-from distill.models.spec import build_from_spec, plain
 from distill.plots import save_figure
 from distill.report import write_report
+from distill.spec import build_from_spec, plain
 
 
 def load_teacher(path: str | Path) -> TeacherModule:

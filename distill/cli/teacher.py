@@ -17,7 +17,7 @@ from distill.cli.common import (
 )
 from distill.evaluate import test_nll
 from distill.models import TeacherModule
-from distill.models.spec import build_from_spec, plain
+from distill.spec import build_from_spec, plain
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -36,7 +36,7 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
     module = TeacherModule(
         flow={**plain(cfg.flow), "features": datamodule.features},
         preprocessing={
-            "_target_": "distill.data.build_preprocessing",
+            "_target_": "distill.flows.build_preprocessing",
             **datamodule.preprocessing_config,
         },
         optim=cfg.optim,

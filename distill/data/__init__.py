@@ -8,7 +8,7 @@ log-likelihoods and samples in data space; ``entropy`` is the true entropy (nats
 from distill.data.datamodule import DensityDataModule, GeneratedDataModule, to_bits_per_dim
 from distill.data.digits import DigitsDataModule
 from distill.data.files import FileDataModule, load_matrix
-from distill.data.preprocessing import Logit, Standardize, build_preprocessing
+from distill.data.preprocessing import fit_preprocessing, fit_standardize
 from distill.data.registry import DATASETS, build_datamodule
 from distill.data.siggraph import Glyphs, SiggraphDataModule
 from distill.data.toys import TOYS, MoonsDataModule, ToyDataModule
@@ -21,13 +21,12 @@ __all__ = [
     "FileDataModule",
     "GeneratedDataModule",
     "Glyphs",
-    "Logit",
     "MoonsDataModule",
     "SiggraphDataModule",
-    "Standardize",
     "ToyDataModule",
     "build_datamodule",
-    "build_preprocessing",
+    "fit_preprocessing",
+    "fit_standardize",
     "load_matrix",
     "to_bits_per_dim",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from distill.data.preprocessing import build_preprocessing
+from distill.data.preprocessing import fit_preprocessing
 from distill.data.validation import check_matrix, split_sizes
 from distill.flows.base import Chain
 
@@ -59,8 +59,8 @@ class DensityDataModule(L.LightningDataModule):
     After construction: ``name``, ``features`` (D), ``batch_size``, ``num_workers``,
     ``image_shape`` (``(H, W)`` for image data, else None), ``bits_per_dim`` (whether
     likelihoods are reported in bits/dim, see `to_bits_per_dim`) and ``preprocessing_config``
-    (plain values: ``build_preprocessing(**preprocessing_config)`` rebuilds the structure of
-    the preprocessing for ``load_state_dict``).
+    (plain values: ``distill.flows.build_preprocessing(**preprocessing_config)`` rebuilds the
+    structure of the preprocessing for ``load_state_dict``).
 
     After ``setup()``: ``train_data``, ``val_data``, ``test_data`` (``(N, D)`` float32, data
     space, validated finite), ``preprocessing`` (the fitted `Chain`) and ``entropy`` (the true
@@ -89,7 +89,7 @@ class DensityDataModule(L.LightningDataModule):
 
     @property
     def preprocessing_config(self) -> dict:
-        """Plain keyword arguments of `build_preprocessing` for this data set."""
+        """Plain keyword arguments of `distill.flows.build_preprocessing` for this data set."""
         return {"features": self.features}
 
     def _splits(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -117,7 +117,7 @@ class DensityDataModule(L.LightningDataModule):
                 f"{self.name}: lower the batch size or provide more data"
             )
         self.train_data, self.val_data, self.test_data = splits
-        self.preprocessing = build_preprocessing(**self.preprocessing_config, data=splits[0])
+        self.preprocessing = fit_preprocessing(splits[0], **self.preprocessing_config)
         self.entropy = self._true_entropy()
 
     def _loader(self, dataset: Rows, train: bool) -> DataLoader:

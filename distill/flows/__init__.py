@@ -12,10 +12,11 @@ from distill.flows.autoregressive import (
 from distill.flows.base import Bijector, Chain, Invert
 from distill.flows.builders import build_flow, build_iaf, build_maf, build_nice, build_realnvp
 from distill.flows.coupling import AdditiveCoupling, AffineCoupling
-from distill.flows.distribution import Flow, StandardNormal
+from distill.flows.distribution import Flow, StandardNormal, in_data_space
 from distill.flows.made import MADE
 from distill.flows.normalization import ActNorm, BatchNorm
 from distill.flows.permutation import Permute, RandomPermute, Reverse
+from distill.flows.preprocessing import Logit, Standardize, build_preprocessing
 
 __all__ = [
     "ActNorm",
@@ -27,6 +28,7 @@ __all__ = [
     "Chain",
     "Flow",
     "InverseAutoregressiveAffine",
+    "Logit",
     "Invert",
     "MADE",
     "MaskedAutoregressiveAffine",
@@ -34,9 +36,12 @@ __all__ = [
     "RandomPermute",
     "Reverse",
     "StandardNormal",
+    "Standardize",
     "build_flow",
     "build_iaf",
     "build_maf",
     "build_nice",
+    "build_preprocessing",
     "build_realnvp",
+    "in_data_space",
 ]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Size, Tensor, nn
 
-from distill.flows.base import Bijector, check_features
+from distill.flows.base import Bijector, Chain, check_features
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -87,3 +87,12 @@ class Flow(nn.Module):
         u = self._noise(sample_shape, context)
         x, log_det = self.bijector(u, context)
         return x, self.base.log_prob(u) - log_det
+
+
+def in_data_space(flow: Flow, preprocessing: Bijector | None) -> Flow:
+    """The distribution of ``preprocessing.forward(x)``, ``x ~ flow``: a flow fitted in the
+    preprocessed (model) space, seen in the data's own space (the preprocessing's log-det
+    included in ``log_prob``; samples mapped to data space). Shares ``flow``'s modules."""
+    if preprocessing is None:
+        return flow
+    return Flow(Chain([flow.bijector, preprocessing]), base=flow.base)

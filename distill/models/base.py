@@ -10,16 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from distill.flows import Bijector, Chain, Flow
 from distill.models.optim import build_optimizer
-
-
-def in_data_space(model_flow: Flow, preprocessing: Bijector | None) -> Flow:
-    """The distribution of ``preprocessing.forward(x)``, ``x ~ model_flow``: a flow fitted in
-    the preprocessed (model) space, seen in the data's own space (log-det included)."""
-    if preprocessing is None:
-        return model_flow
-    return Flow(Chain([model_flow.bijector, preprocessing]), base=model_flow.base)
 
 
 @contextmanager

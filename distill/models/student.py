@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from distill import plots
-from distill.flows import Bijector, Chain, Flow, Permute
+from distill.flows import Bijector, Chain, Flow, Permute, in_data_space
 from distill.losses import DistillationObjective, reverse_kl
-from distill.models.base import FlowModule, evaluating, in_data_space
-from distill.models.spec import build_from_spec, plain
+from distill.models.base import FlowModule, evaluating
 from distill.models.teacher import TeacherModule
+from distill.spec import build_from_spec, plain
 
 INITS = ("identity", "teacher")
 

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from distill import plots
-from distill.flows import Bijector, Flow
-from distill.models.base import FlowModule, evaluating, in_data_space
-from distill.models.spec import build_from_spec, plain
+from distill.flows import Bijector, Flow, in_data_space
+from distill.models.base import FlowModule, evaluating
+from distill.spec import build_from_spec, plain
 
 
 class TeacherModule(FlowModule):

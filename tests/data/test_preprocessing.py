@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from distill.data import Logit, Standardize, build_preprocessing
-from distill.flows import Flow
+from distill.data import fit_preprocessing, fit_standardize
+from distill.flows import Flow, Logit, Standardize, build_preprocessing
 from tests.flows.helpers import autograd_log_abs_det, check_bijector
 
 
@@ -15,7 +15,7 @@ def fitted_standardize(features: int = 3) -> Standardize:
     generator = torch.Generator().manual_seed(0)
     data = torch.randn(500, features, generator=generator, dtype=torch.float64)
     data = data * torch.tensor([0.3, 2.0, 5.0])[:features] + torch.tensor([1.0, -4.0, 0.5])
-    return Standardize(features).double().fit_(data)
+    return fit_standardize(Standardize(features).double(), data)
 
 
 def check_inverse_pair(bijector, z: torch.Tensor, x: torch.Tensor) -> None:
@@ -51,7 +51,7 @@ def test_standardize_rejects_a_constant_column():
     data = torch.randn(10, 3)
     data[:, 1] = 2.0
     with pytest.raises(ValueError, match=r"column\(s\) \[1\].*constant"):
-        Standardize(3).fit_(data)
+        fit_standardize(Standardize(3), data)
 
 
 def test_logit_round_trips_and_log_dets():
@@ -71,7 +71,7 @@ def test_logit_rejects_bad_alpha(alpha):
 
 def test_digits_style_chain_round_trips_and_log_dets():
     data = torch.rand(200, 4, dtype=torch.float64) * torch.tensor([17.0, 8.0, 2.0, 17.0])
-    chain = build_preprocessing(4, logit_upper=17.0, logit_alpha=0.05, data=data).double()
+    chain = fit_preprocessing(data, 4, logit_upper=17.0, logit_alpha=0.05).double()
     check_inverse_pair(chain, torch.randn(7, 4, dtype=torch.float64), data[:7])
     model_side, _ = chain.inverse(data)
     torch.testing.assert_close(
@@ -95,7 +95,7 @@ def test_density_through_logit_integrates_to_one_in_data_space():
     in the 17-level pixel space: it integrates to 1 over the logit's image."""
     alpha, upper = 0.05, 17.0
     data = torch.rand(300, 1, dtype=torch.float64) * upper
-    flow = Flow(build_preprocessing(1, logit_upper=upper, logit_alpha=alpha, data=data)).double()
+    flow = Flow(fit_preprocessing(data, 1, logit_upper=upper, logit_alpha=alpha)).double()
     low, high = -upper * alpha / (1 - 2 * alpha), upper * (1 - alpha) / (1 - 2 * alpha)
     grid = torch.linspace(low, high, 200_001, dtype=torch.float64)[1:-1, None]
     mass = torch.trapezoid(flow.log_prob(grid).exp(), grid[:, 0])
@@ -105,7 +105,7 @@ def test_density_through_logit_integrates_to_one_in_data_space():
 def test_rebuilt_from_config_and_state_dict():
     data = torch.rand(100, 2, dtype=torch.float64) * 17
     config = {"features": 2, "logit_upper": 17.0, "logit_alpha": 0.1}
-    fitted = build_preprocessing(**config, data=data)
+    fitted = fit_preprocessing(data, **config)
     rebuilt = build_preprocessing(**config)
     rebuilt.load_state_dict(fitted.state_dict())
     x = data[:5].float()

@@ -7,8 +7,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DistributedSampler
 
 from distill.data import DATASETS, TOYS, MoonsDataModule, build_datamodule
-from distill.data.preprocessing import build_preprocessing
-from distill.flows import Chain, Flow, build_maf
+from distill.flows import Chain, Flow, build_maf, build_preprocessing
 
 SMALL = {"num_train": 256, "num_val": 64, "num_test": 64, "batch_size": 64}
 
