@@ -6,35 +6,50 @@ data -> noise (density evaluation); each returns ``(output, log|det J|)`` of its
 
 from distill.flows.autoregressive import (
     AutoregressiveAffine,
+    AutoregressiveLayer,
+    AutoregressiveSpline,
     InverseAutoregressiveAffine,
+    InverseAutoregressiveSpline,
     MaskedAutoregressiveAffine,
+    MaskedAutoregressiveSpline,
 )
 from distill.flows.base import Bijector, Chain, Invert
 from distill.flows.builders import build_flow, build_iaf, build_maf, build_nice, build_realnvp
-from distill.flows.coupling import AdditiveCoupling, AffineCoupling
+from distill.flows.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from distill.flows.distribution import Flow, StandardNormal, in_data_space
 from distill.flows.made import MADE
 from distill.flows.normalization import ActNorm, BatchNorm
 from distill.flows.permutation import Permute, RandomPermute, Reverse
 from distill.flows.preprocessing import Logit, Standardize, build_preprocessing
+from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline, Shift
 
 __all__ = [
     "ActNorm",
     "AdditiveCoupling",
+    "Affine",
     "AffineCoupling",
     "AutoregressiveAffine",
+    "AutoregressiveLayer",
+    "AutoregressiveSpline",
     "BatchNorm",
     "Bijector",
     "Chain",
+    "Coupling",
+    "ElementwiseTransform",
     "Flow",
     "InverseAutoregressiveAffine",
-    "Logit",
+    "InverseAutoregressiveSpline",
     "Invert",
+    "Logit",
     "MADE",
     "MaskedAutoregressiveAffine",
+    "MaskedAutoregressiveSpline",
     "Permute",
     "RandomPermute",
+    "RationalQuadraticSpline",
     "Reverse",
+    "Shift",
+    "SplineCoupling",
     "StandardNormal",
     "Standardize",
     "build_flow",

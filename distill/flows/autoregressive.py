@@ -1,34 +1,120 @@
-"""Affine autoregressive bijectors: MAF and IAF layers, one piece of math used two ways.
+"""Autoregressive bijectors: MAF and IAF layers, one mechanism used two ways and generic in
+its elementwise transform (affine, rational-quadratic spline).
 
-Both compute ``x_i = u_i * exp(alpha_i) + mu_i`` (noise u -> data x). They differ only in
-what the MADE conditioner reads: MAF reads the data, ``(mu, alpha)_i = f(x_<i)``, so
-``inverse`` is one parallel pass and ``forward`` is sequential; IAF reads the noise,
-``(mu, alpha)_i = f(u_<i)``, so ``forward`` is one parallel pass and ``inverse`` is
-sequential. An IAF layer is the ``Invert`` of a MAF layer up to the sign convention of its
-outputs (the tutorial's "MAF and IAF are the same bijector class").
+Each computes ``x_i = f(u_i; theta_i)`` (noise u -> data x) with f an `ElementwiseTransform`
+and ``theta_i`` read by an autoregressive conditioner (MADE) from the earlier dimensions of
+one side. MAF reads the data, ``theta_i = c(x_<i)``, so ``inverse`` is one parallel pass
+and ``forward`` is sequential; IAF reads the noise, ``theta_i = c(u_<i)``, so ``forward`` is
+one parallel pass and ``inverse`` is sequential. An IAF layer is the ``Invert`` of a MAF
+layer up to which side its conditioner reads (the tutorial's "MAF and IAF are the same
+bijector class").
+
+The conditioner's interface: ``features``, ``order``, ``forward(inputs, context)`` ->
+``(..., P * D)`` laid out as P blocks of D, and ``solve(given, step, context)`` for the
+sequential direction (`MADE.solve`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from distill.flows.base import Bijector, soft_clamp
+from distill.flows.base import Bijector
 from distill.flows.made import MADE
+from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline
 
 
-class AutoregressiveAffine(Bijector):
-    """``x = u * exp(alpha) + mu``, ``(mu, alpha) = MADE(y)`` with ``y`` the data (MAF) or
-    the noise (IAF); use `MaskedAutoregressiveAffine` or `InverseAutoregressiveAffine`.
-
-    The log-scale is soft-clamped, ``alpha = bound * tanh(raw / bound)`` with
-    ``bound = log_scale_bound`` (default 3: at most a factor e^3 ~ 20 per layer), and the
-    MADE's last layer starts near zero, so a new layer is close to the identity.
+class AutoregressiveLayer(Bijector):
+    """``x_i = f(u_i; theta_i)``, ``theta = conditioner(y)`` with ``y`` the data (MAF,
+    ``conditioner_reads_data = True``) or the noise (IAF): the mechanism of every MAF and IAF
+    layer. Subclasses set ``conditioner_reads_data`` and build the transform and conditioner.
     """
 
     conditioner_reads_data: bool
+
+    def __init__(self, transform: ElementwiseTransform, conditioner: MADE):
+        super().__init__()
+        if conditioner.out_multiplier != transform.num_params:
+            raise ValueError(
+                f"the conditioner gives {conditioner.out_multiplier} parameters per dimension "
+                f"but {transform} needs {transform.num_params}"
+            )
+        self.transform = transform
+        self.conditioner = conditioner
+        self.features = conditioner.features
+
+    def extra_repr(self) -> str:
+        return f"transform={self.transform}"
+
+    def params(self, conditioner_input: Tensor, context: Tensor | None = None) -> Tensor:
+        """The transform's parameters ``(..., D, P)`` from the conditioner's input
+        ``(..., D)`` (x for MAF, u for IAF)."""
+        outputs = self.conditioner(conditioner_input, context)
+        return outputs.unflatten(-1, (self.transform.num_params, self.features)).transpose(-1, -2)
+
+    def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Noise ``u`` (..., D) -> data ``x`` (..., D) and log|dx/du| (...)."""
+        if self.conditioner_reads_data:
+            return self._solve(u, context, self.transform.forward)
+        x, log_det = self.transform.forward(u, self.params(u, context))
+        return x, log_det.sum(-1)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data ``x`` (..., D) -> noise ``u`` (..., D) and log|du/dx| (...)."""
+        if self.conditioner_reads_data:
+            u, log_det = self.transform.inverse(x, self.params(x, context))
+            return u, log_det.sum(-1)
+        return self._solve(x, context, self.transform.inverse)
+
+    def _solve(
+        self,
+        given: Tensor,
+        context: Tensor | None,
+        transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, Tensor]:
+        """The sequential direction: ``y`` with ``y_i = transform(given_i, theta_i(y_<i))``,
+        solved one dimension at a time in rank order (`MADE.solve`), and its log-det: the
+        sum of the elementwise log-dets of the steps."""
+        log_det: Tensor | float = 0.0
+
+        def step(given_i: Tensor, params_i: Tensor) -> Tensor:
+            nonlocal log_det
+            solution_i, log_det_i = transform(given_i, params_i)
+            log_det = log_det + log_det_i
+            return solution_i
+
+        solution, _ = self.conditioner.solve(given, step, context)
+        return solution, log_det
+
+
+def _made(
+    transform: ElementwiseTransform,
+    features: int,
+    hidden_features: Sequence[int],
+    order: Sequence[int] | Tensor | None,
+    context_features: int | None,
+    activation: type[nn.Module],
+) -> MADE:
+    """A MADE with the transform's number of parameters per dimension."""
+    return MADE(
+        features,
+        hidden_features,
+        out_multiplier=transform.num_params,
+        order=order,
+        context_features=context_features,
+        activation=activation,
+    )
+
+
+class AutoregressiveAffine(AutoregressiveLayer):
+    """``x = u * exp(alpha) + mu``, ``(mu, alpha) = MADE(y)`` (`Affine`); use
+    `MaskedAutoregressiveAffine` or `InverseAutoregressiveAffine`.
+
+    The log-scale is soft-clamped to ``(-log_scale_bound, log_scale_bound)`` (default 3: at
+    most a factor e^3 ~ 20 per layer), and the MADE's last layer starts near zero, so a new
+    layer is close to the identity.
+    """
 
     def __init__(
         self,
@@ -39,73 +125,49 @@ class AutoregressiveAffine(Bijector):
         log_scale_bound: float = 3.0,
         activation: type[nn.Module] = nn.ReLU,
     ):
-        super().__init__()
-        if log_scale_bound <= 0:
-            raise ValueError(f"log_scale_bound must be positive, got {log_scale_bound}")
-        self.features = features
-        self.log_scale_bound = log_scale_bound
-        self.conditioner = MADE(
-            features,
-            hidden_features,
-            out_multiplier=2,
-            order=order,
-            context_features=context_features,
-            activation=activation,
+        transform = Affine(log_scale_bound)
+        super().__init__(
+            transform,
+            _made(transform, features, hidden_features, order, context_features, activation),
         )
 
-    def affine_params(self, conditioner_input: Tensor, context: Tensor | None = None):
+    def affine_params(
+        self, conditioner_input: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(mu, alpha)``, each ``(..., D)``, from the conditioner's input (x for MAF, u for
         IAF): the per-dimension shift and log-scale of ``x = u * exp(alpha) + mu``."""
-        shift, raw_log_scale = (
-            self.conditioner(conditioner_input, context)
-            .unflatten(-1, (2, self.features))
-            .unbind(-2)
+        return self.transform.shift_and_log_scale(self.params(conditioner_input, context))
+
+
+class AutoregressiveSpline(AutoregressiveLayer):
+    """``x_i = spline(u_i; theta_i)``, ``theta = MADE(y)`` (`RationalQuadraticSpline`: ``bins``
+    bins on ``[-tail_bound, tail_bound]``, identity outside); use `MaskedAutoregressiveSpline`
+    or `InverseAutoregressiveSpline`. Zero parameters are the identity and the MADE's last
+    layer starts near zero, so a new layer is close to the identity.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        order: Sequence[int] | Tensor | None = None,
+        context_features: int | None = None,
+        bins: int = 8,
+        tail_bound: float = 5.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        transform = RationalQuadraticSpline(bins, tail_bound)
+        super().__init__(
+            transform,
+            _made(transform, features, hidden_features, order, context_features, activation),
         )
-        return shift, soft_clamp(raw_log_scale, self.log_scale_bound)
-
-    def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Noise ``u`` (..., D) -> data ``x`` (..., D) and log|dx/du| (...)."""
-        if self.conditioner_reads_data:
-            x, log_scale = self._solve(u, context, _to_data)
-        else:
-            shift, log_scale = self.affine_params(u, context)
-            x = _to_data(u, shift, log_scale)
-        return x, log_scale.sum(-1)
-
-    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Data ``x`` (..., D) -> noise ``u`` (..., D) and log|du/dx| (...)."""
-        if self.conditioner_reads_data:
-            shift, log_scale = self.affine_params(x, context)
-            u = _to_noise(x, shift, log_scale)
-        else:
-            u, log_scale = self._solve(x, context, _to_noise)
-        return u, -log_scale.sum(-1)
-
-    def _solve(self, given: Tensor, context: Tensor | None, transform) -> tuple[Tensor, Tensor]:
-        """The sequential direction: ``y`` with ``y = transform(given, *params(y))``, solved one
-        dimension at a time in rank order (`MADE.solve`); the log-scale at the solution."""
-
-        def step(given_i: Tensor, params_i: Tensor) -> Tensor:
-            shift, raw_log_scale = params_i.unbind(-1)
-            return transform(given_i, shift, soft_clamp(raw_log_scale, self.log_scale_bound))
-
-        solution, params = self.conditioner.solve(given, step, context)
-        return solution, soft_clamp(params[..., 1, :], self.log_scale_bound)
-
-
-def _to_data(u: Tensor, shift: Tensor, log_scale: Tensor) -> Tensor:
-    return torch.addcmul(shift, u, log_scale.exp())
-
-
-def _to_noise(x: Tensor, shift: Tensor, log_scale: Tensor) -> Tensor:
-    return (x - shift) * torch.exp(-log_scale)
 
 
 class MaskedAutoregressiveAffine(AutoregressiveAffine):
     """MAF layer (Papamakarios et al., 2017): ``x_i = u_i * exp(alpha_i(x_<i)) + mu_i(x_<i)``.
 
     Fast direction: ``inverse`` (data -> noise, density evaluation), one MADE pass.
-    Slow direction: ``forward`` (sampling), D sequential MADE passes.
+    Slow direction: ``forward`` (sampling), D sequential steps (`MADE.solve`).
     """
 
     conditioner_reads_data = True
@@ -115,7 +177,27 @@ class InverseAutoregressiveAffine(AutoregressiveAffine):
     """IAF layer (Kingma et al., 2016): ``x_i = u_i * exp(alpha_i(u_<i)) + mu_i(u_<i)``.
 
     Fast direction: ``forward`` (noise -> data, sampling with its log-det), one MADE pass.
-    Slow direction: ``inverse`` (density of external data), D sequential MADE passes.
+    Slow direction: ``inverse`` (density of external data), D sequential steps.
+    """
+
+    conditioner_reads_data = False
+
+
+class MaskedAutoregressiveSpline(AutoregressiveSpline):
+    """Spline MAF layer (Durkan et al., 2019): ``x_i = spline(u_i; theta_i(x_<i))``.
+
+    Fast direction: ``inverse`` (data -> noise, density evaluation), one MADE pass.
+    Slow direction: ``forward`` (sampling), D sequential steps (`MADE.solve`).
+    """
+
+    conditioner_reads_data = True
+
+
+class InverseAutoregressiveSpline(AutoregressiveSpline):
+    """Spline IAF layer: ``x_i = spline(u_i; theta_i(u_<i))``.
+
+    Fast direction: ``forward`` (noise -> data, sampling with its log-det), one MADE pass.
+    Slow direction: ``inverse`` (density of external data), D sequential steps.
     """
 
     conditioner_reads_data = False

@@ -1,17 +1,33 @@
-"""Builders of standard flows: stacks of layers with permutations between them."""
+"""Builders of standard flows: stacks of layers with permutations between them.
+
+`build_flow` is the one builder; `build_maf`, `build_iaf`, `build_realnvp` and `build_nice`
+fix its ``layer`` and pass every other argument down.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from distill.flows.autoregressive import InverseAutoregressiveAffine, MaskedAutoregressiveAffine
+from distill.flows.autoregressive import (
+    InverseAutoregressiveAffine,
+    InverseAutoregressiveSpline,
+    MaskedAutoregressiveAffine,
+    MaskedAutoregressiveSpline,
+)
 from distill.flows.base import Bijector, Chain
-from distill.flows.coupling import AdditiveCoupling, AffineCoupling
+from distill.flows.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
 from distill.flows.distribution import Flow
 from distill.flows.normalization import BatchNorm
 from distill.flows.permutation import RandomPermute, Reverse
 
 PERMUTATIONS = ("reverse", "random", "none")
+# layer -> transform -> class; the first transform of each layer is its default
+LAYERS: dict[str, dict[str, type[Bijector]]] = {
+    "maf": {"affine": MaskedAutoregressiveAffine, "spline": MaskedAutoregressiveSpline},
+    "iaf": {"affine": InverseAutoregressiveAffine, "spline": InverseAutoregressiveSpline},
+    "realnvp": {"affine": AffineCoupling, "spline": SplineCoupling},
+    "nice": {"additive": AdditiveCoupling},
+}
 
 
 def _permutation(kind: str, features: int, index: int) -> Bijector | None:
@@ -23,24 +39,56 @@ def _permutation(kind: str, features: int, index: int) -> Bijector | None:
 
 
 def build_flow(
-    make_layer: Callable[[int], Bijector],
+    layer: str,
     features: int,
     num_layers: int = 5,
+    hidden_features: Sequence[int] = (64, 64),
     batch_norm: bool = False,
     permutation: str = "reverse",
+    context_features: int | None = None,
+    transform: str | None = None,
+    log_scale_bound: float = 3.0,
+    bins: int = 8,
+    tail_bound: float = 5.0,
 ) -> Flow:
-    """``num_layers`` layers from ``make_layer(i)``, noise -> data, with an optional
-    BatchNorm after each layer but the last and a permutation between consecutive layers.
+    """``num_layers`` layers of one kind, noise -> data, with an optional BatchNorm after each
+    layer but the last and a permutation between consecutive layers.
 
-    ``permutation``: "reverse", "random" (a fixed one per layer, seeded by its index) or
-    "none" (all layers share one ordering, e.g. for the closed-form KL between AR flows).
+    Args:
+        layer: "maf", "iaf", "realnvp" or "nice" (`LAYERS`).
+        features: D.
+        num_layers: how many layers of that kind.
+        hidden_features: hidden widths of each layer's conditioner (MADE or MLP).
+        batch_norm: a flow BatchNorm between layers.
+        permutation: "reverse", "random" (a fixed one per layer, seeded by its index) or
+            "none" (all layers share one ordering, e.g. for the closed-form KL between AR
+            flows).
+        context_features: C, for a conditional flow q(x | c); None for an unconditional one.
+        transform: the elementwise transform: "affine" (the default) or "spline" for MAF,
+            IAF and Real NVP; NICE has "additive" only.
+        log_scale_bound: the affine transform's bound on its log-scale (affine only).
+        bins, tail_bound: the spline's number of bins and the half-width of the interval it
+            covers, identity outside (spline only).
     """
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {tuple(LAYERS)}, got {layer!r}")
+    transforms = LAYERS[layer]
+    transform = next(iter(transforms)) if transform is None else transform
+    if transform not in transforms:
+        raise ValueError(
+            f"transform must be one of {tuple(transforms)} for {layer}, got {transform!r}"
+        )
     if permutation not in PERMUTATIONS:
         raise ValueError(f"permutation must be one of {PERMUTATIONS}, got {permutation!r}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     if features < 1:
         raise ValueError(f"features must be >= 1, got {features}")
+    settings = {
+        "affine": {"log_scale_bound": log_scale_bound},
+        "spline": {"bins": bins, "tail_bound": tail_bound},
+        "additive": {},
+    }[transform]
     bijectors: list[Bijector] = []
     for index in range(num_layers):
         if index > 0:
@@ -49,98 +97,37 @@ def build_flow(
             permute = _permutation(permutation, features, index)
             if permute is not None:
                 bijectors.append(permute)
-        bijectors.append(make_layer(index))
+        bijectors.append(
+            transforms[transform](
+                features,
+                hidden_features=hidden_features,
+                context_features=context_features,
+                **settings,
+            )
+        )
     return Flow(Chain(bijectors))
 
 
-def build_maf(
-    features: int,
-    num_layers: int = 5,
-    hidden_features: Sequence[int] = (64, 64),
-    batch_norm: bool = False,
-    permutation: str = "reverse",
-    context_features: int | None = None,
-    log_scale_bound: float = 3.0,
-) -> Flow:
-    """Masked autoregressive flow: fast density (one pass per layer), sampling D passes."""
-    return build_flow(
-        lambda _: MaskedAutoregressiveAffine(
-            features,
-            hidden_features,
-            context_features=context_features,
-            log_scale_bound=log_scale_bound,
-        ),
-        features,
-        num_layers,
-        batch_norm,
-        permutation,
-    )
+def build_maf(*args, **kwargs) -> Flow:
+    """Masked autoregressive flow, ``build_flow("maf", ...)``: fast density (one pass per
+    layer), sampling D sequential steps per layer; ``transform`` "affine" or "spline"."""
+    return build_flow("maf", *args, **kwargs)
 
 
-def build_iaf(
-    features: int,
-    num_layers: int = 5,
-    hidden_features: Sequence[int] = (64, 64),
-    batch_norm: bool = False,
-    permutation: str = "reverse",
-    context_features: int | None = None,
-    log_scale_bound: float = 3.0,
-) -> Flow:
-    """Inverse autoregressive flow: fast sampling with log-density (one pass per layer),
-    density of external data D passes per layer."""
-    return build_flow(
-        lambda _: InverseAutoregressiveAffine(
-            features,
-            hidden_features,
-            context_features=context_features,
-            log_scale_bound=log_scale_bound,
-        ),
-        features,
-        num_layers,
-        batch_norm,
-        permutation,
-    )
+def build_iaf(*args, **kwargs) -> Flow:
+    """Inverse autoregressive flow, ``build_flow("iaf", ...)``: fast sampling with
+    log-density (one pass per layer), density of external data D sequential steps per layer;
+    ``transform`` "affine" or "spline"."""
+    return build_flow("iaf", *args, **kwargs)
 
 
-def build_realnvp(
-    features: int,
-    num_layers: int = 5,
-    hidden_features: Sequence[int] = (64, 64),
-    batch_norm: bool = False,
-    permutation: str = "reverse",
-    context_features: int | None = None,
-    log_scale_bound: float = 3.0,
-) -> Flow:
-    """Real NVP: affine couplings; both directions one pass per layer."""
-    return build_flow(
-        lambda _: AffineCoupling(
-            features,
-            hidden_features=hidden_features,
-            context_features=context_features,
-            log_scale_bound=log_scale_bound,
-        ),
-        features,
-        num_layers,
-        batch_norm,
-        permutation,
-    )
+def build_realnvp(*args, **kwargs) -> Flow:
+    """Real NVP, ``build_flow("realnvp", ...)``: couplings, both directions one pass per layer;
+    ``transform`` "affine" or "spline"."""
+    return build_flow("realnvp", *args, **kwargs)
 
 
-def build_nice(
-    features: int,
-    num_layers: int = 5,
-    hidden_features: Sequence[int] = (64, 64),
-    batch_norm: bool = False,
-    permutation: str = "reverse",
-    context_features: int | None = None,
-) -> Flow:
-    """NICE: additive couplings (volume preserving unless BatchNorm is added)."""
-    return build_flow(
-        lambda _: AdditiveCoupling(
-            features, hidden_features=hidden_features, context_features=context_features
-        ),
-        features,
-        num_layers,
-        batch_norm,
-        permutation,
-    )
+def build_nice(*args, **kwargs) -> Flow:
+    """NICE, ``build_flow("nice", ...)``: additive couplings (volume preserving unless
+    BatchNorm is added)."""
+    return build_flow("nice", *args, **kwargs)

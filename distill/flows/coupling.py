@@ -1,8 +1,10 @@
-"""Coupling bijectors: Real NVP (affine) and NICE (additive).
+"""Coupling bijectors: Real NVP (affine), NICE (additive) and spline couplings, one mechanism
+generic in its elementwise transform.
 
 A boolean ``mask`` splits the dimensions: masked ones (``mask[i] = True``) pass through
-unchanged and condition an MLP that shifts (and scales) the others. Both directions take one
-network pass, because the conditioning half is the same on both sides.
+unchanged and condition an MLP that gives the parameters of an `ElementwiseTransform` of the
+others. Both directions take one network pass, because the conditioning half is the same on
+both sides.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.flows.base import Bijector, check_context, soft_clamp
+from distill.flows.base import Bijector, check_context
+from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline, Shift
 
 
 class ConditionerMLP(nn.Module):
@@ -50,22 +53,23 @@ class ConditionerMLP(nn.Module):
         return self.net(inputs)
 
 
-class AffineCoupling(Bijector):
-    """Real NVP coupling (Dinh et al., 2017), noise -> data:
-    ``x_A = u_A``, ``x_B = u_B * exp(s(u_A)) + t(u_A)`` with A = ``mask``, B = ``~mask``.
+class Coupling(Bijector):
+    """Coupling layer, noise -> data: ``x_A = u_A``, ``x_B = f(u_B; theta(u_A))`` with
+    A = ``mask``, B = ``~mask``, f an `ElementwiseTransform` and theta an MLP of the
+    passed-through half (and the context). Both directions are one parallel pass.
 
-    ``mask`` defaults to the first ``D // 2`` dimensions. The log-scale s is soft-clamped to
-    ``(-log_scale_bound, log_scale_bound)`` by ``bound * tanh(s / bound)``. Both directions are
-    one parallel pass.
+    ``mask`` defaults to the first ``D // 2`` dimensions. The MLP's last layer starts near
+    zero, and zero parameters are the identity of every transform, so a new layer is close to
+    the identity.
     """
 
     def __init__(
         self,
+        transform: ElementwiseTransform,
         features: int,
         mask: Sequence[bool] | Tensor | None = None,
         hidden_features: Sequence[int] = (64, 64),
         context_features: int | None = None,
-        log_scale_bound: float = 3.0,
         activation: type[nn.Module] = nn.ReLU,
     ):
         super().__init__()
@@ -79,28 +83,29 @@ class AffineCoupling(Bijector):
                 f"one False (transformed), got {mask.tolist()}"
             )
         self.features = features
-        self.log_scale_bound = log_scale_bound
+        self.transform = transform
         # Structure, rebuilt from the arguments: kept out of the state_dict.
         identity_index, transform_index = mask.nonzero().squeeze(-1), (~mask).nonzero().squeeze(-1)
         merge_index = torch.cat([identity_index, transform_index]).argsort()
         self.register_buffer("identity_index", identity_index, persistent=False)
         self.register_buffer("transform_index", transform_index, persistent=False)
         self.register_buffer("merge_index", merge_index, persistent=False)
-        num_transformed = len(self.transform_index)
         self.conditioner = ConditionerMLP(
-            len(self.identity_index),
-            self.num_params * num_transformed,
+            len(identity_index),
+            transform.num_params * len(transform_index),
             hidden_features,
             context_features,
             activation,
         )
 
-    num_params = 2  # shift and log-scale per transformed dimension
+    def extra_repr(self) -> str:
+        return f"transform={self.transform}"
 
-    def _shift_and_log_scale(self, passthrough: Tensor, context: Tensor | None):
-        params = self.conditioner(passthrough, context)
-        shift, raw_log_scale = params.unflatten(-1, (2, -1)).unbind(-2)
-        return shift, soft_clamp(raw_log_scale, self.log_scale_bound)
+    def params(self, passthrough: Tensor, context: Tensor | None = None) -> Tensor:
+        """The transform's parameters ``(..., |B|, P)`` from the passed-through half
+        ``(..., |A|)``; the MLP's outputs are laid out as P blocks of |B|."""
+        outputs = self.conditioner(passthrough, context)
+        return outputs.unflatten(-1, (self.transform.num_params, -1)).transpose(-1, -2)
 
     def _split(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         return inputs[..., self.identity_index], inputs[..., self.transform_index]
@@ -112,23 +117,36 @@ class AffineCoupling(Bijector):
     def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise ``u`` (..., D) -> data ``x`` (..., D) and log|dx/du| (...)."""
         u_a, u_b = self._split(u)
-        shift, log_scale = self._shift_and_log_scale(u_a, context)
-        x_b = u_b * log_scale.exp() + shift
-        return self._merge(u_a, x_b), log_scale.sum(-1)
+        x_b, log_det = self.transform.forward(u_b, self.params(u_a, context))
+        return self._merge(u_a, x_b), log_det.sum(-1)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data ``x`` (..., D) -> noise ``u`` (..., D) and log|du/dx| (...)."""
         x_a, x_b = self._split(x)
-        shift, log_scale = self._shift_and_log_scale(x_a, context)
-        u_b = (x_b - shift) * torch.exp(-log_scale)
-        return self._merge(x_a, u_b), -log_scale.sum(-1)
+        u_b, log_det = self.transform.inverse(x_b, self.params(x_a, context))
+        return self._merge(x_a, u_b), log_det.sum(-1)
 
 
-class AdditiveCoupling(AffineCoupling):
-    """NICE coupling (Dinh et al., 2015): ``x_B = u_B + t(u_A)``; volume preserving, so the
-    log-det is exactly zero in both directions."""
+class AffineCoupling(Coupling):
+    """Real NVP coupling (Dinh et al., 2017): ``x_B = u_B * exp(s(u_A)) + t(u_A)`` (`Affine`),
+    the log-scale s soft-clamped to ``(-log_scale_bound, log_scale_bound)``."""
 
-    num_params = 1
+    def __init__(
+        self,
+        features: int,
+        mask: Sequence[bool] | Tensor | None = None,
+        hidden_features: Sequence[int] = (64, 64),
+        context_features: int | None = None,
+        log_scale_bound: float = 3.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        transform = Affine(log_scale_bound)
+        super().__init__(transform, features, mask, hidden_features, context_features, activation)
+
+
+class AdditiveCoupling(Coupling):
+    """NICE coupling (Dinh et al., 2015): ``x_B = u_B + t(u_A)`` (`Shift`); volume preserving,
+    so the log-det is exactly zero in both directions."""
 
     def __init__(
         self,
@@ -138,8 +156,23 @@ class AdditiveCoupling(AffineCoupling):
         context_features: int | None = None,
         activation: type[nn.Module] = nn.ReLU,
     ):
-        super().__init__(features, mask, hidden_features, context_features, activation=activation)
+        super().__init__(Shift(), features, mask, hidden_features, context_features, activation)
 
-    def _shift_and_log_scale(self, passthrough: Tensor, context: Tensor | None):
-        shift = self.conditioner(passthrough, context)
-        return shift, torch.zeros_like(shift)
+
+class SplineCoupling(Coupling):
+    """Rational-quadratic spline coupling (Durkan et al., 2019): ``x_B = spline(u_B; theta(u_A))``
+    (`RationalQuadraticSpline`: ``bins`` bins on ``[-tail_bound, tail_bound]``, identity
+    outside)."""
+
+    def __init__(
+        self,
+        features: int,
+        mask: Sequence[bool] | Tensor | None = None,
+        hidden_features: Sequence[int] = (64, 64),
+        context_features: int | None = None,
+        bins: int = 8,
+        tail_bound: float = 5.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        transform = RationalQuadraticSpline(bins, tail_bound)
+        super().__init__(transform, features, mask, hidden_features, context_features, activation)
