@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from distill.flows import AutoregressiveAffine, Bijector, Chain, Flow
+from distill.flows import AutoregressiveAffine, AutoregressiveLayer, Bijector, Chain, Flow
 
 LOSSES = ("reverse_kl", "reverse_kl_closed_form", "forward_kl", "regression")
 
@@ -69,6 +69,12 @@ def _autoregressive_layers(
         else "MaskedAutoregressiveAffine (MAF)"
     )
     for layer in layers:
+        if isinstance(layer, AutoregressiveLayer) and not isinstance(layer, AutoregressiveAffine):
+            raise ValueError(
+                f"reverse_kl_closed_form needs affine layers, whose conditionals are Gaussian, "
+                f"but the {role} has {type(layer).__name__} layers, whose are not. Use affine "
+                "flows (transform: affine) or loss=reverse_kl"
+            )
         if (
             not isinstance(layer, AutoregressiveAffine)
             or layer.conditioner_reads_data == parallel_forward
