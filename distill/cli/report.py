@@ -32,7 +32,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        help="output folder (default: DIR/report for one DIR; required for several)",
+        help="output folder (default: DIR/report for one DIR; required for several); its "
+        "assets/ folder is replaced",
     )
     return parser.parse_args(argv)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from distill.dashboard.table import (
     format_value,
     metric_value,
     present_metrics,
+    settings_text,
     status,
     varying_settings,
 )
@@ -37,10 +38,13 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: bold; background: #e6f4e6; }
 th.setting, td.setting { background: #f7f7fb; }
 tr.failed td { background: #fbeaea; color: #933; }
-.plots img { max-width: 100%; display: block; margin: 0.5em 0; }
-.row { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; flex: 0 1 320px; }
-figure img { width: 100%; border: 1px solid #eee; }
+.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.plot img { max-width: 100%; }
+figure { margin: 0; }
+figure.run img { height: 220px; width: auto; border: 1px solid #eee; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.35em;
+          vertical-align: baseline; border-radius: 2px; }
+summary { cursor: pointer; }
 figcaption { font-size: 12px; color: #555; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
@@ -51,11 +55,11 @@ def _slug(text: str) -> str:
 
 
 def copy_figures(runs: Sequence[Run], out: Path) -> dict[str, list[tuple[str, str]]]:
-    """Copy each run's figures into ``out/figures/<run>/``; per run name, the list of
+    """Copy each run's figures into ``out/assets/<run>/``; per run name, the list of
     ``(caption, path relative to out)``."""
     copied: dict[str, list[tuple[str, str]]] = {}
     for index, run in enumerate(runs):
-        folder = out / "figures" / f"{index:03d}-{_slug(run.name)}"
+        folder = out / "assets" / f"run-{index:03d}-{_slug(run.name)}"
         for stage, source in run.figures:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{_slug(stage)}-{source.name}"
@@ -65,7 +69,11 @@ def copy_figures(runs: Sequence[Run], out: Path) -> dict[str, list[tuple[str, st
     return copied
 
 
-def _table(runs: Sequence[Run], sort: Metric | None) -> list[str]:
+def _swatch(colour: str | None) -> str:
+    return f'<span class="swatch" style="background:{colour}"></span>' if colour else ""
+
+
+def _table(runs: Sequence[Run], sort: Metric | None, colours: Mapping[str, str]) -> list[str]:
     settings, metrics = varying_settings(runs), present_metrics(runs)
     best = best_values(runs, metrics)
     head = ["<th>run</th>"]
@@ -80,7 +88,8 @@ def _table(runs: Sequence[Run], sort: Metric | None) -> list[str]:
     head.append("<th>status</th>")
     lines = ['<div class="scroll"><table>', "<tr>" + "".join(head) + "</tr>"]
     for run in runs:
-        cells = [f'<td><a href="#{_slug(run.name)}">{html.escape(run.name)}</a></td>']
+        link = f'<a href="#{_slug(run.name)}">{html.escape(run.name)}</a>'
+        cells = [f"<td>{_swatch(colours.get(run.name))}{link}</td>"]
         cells += [
             f'<td class="setting">{html.escape(format_value(run.value(key)))}</td>'
             for key in settings
@@ -105,9 +114,11 @@ def write_page(
     roots: Sequence[Path],
     plots: Sequence[tuple[str, Path]],
     notes: Sequence[str],
+    colours: Mapping[str, str],
 ) -> Path:
     """Write ``out/index.html`` for ``runs`` (already sorted); ``plots`` are ``(title, PNG
-    inside out)``, ``notes`` what could not be shown."""
+    inside out)``, ``notes`` what could not be shown, ``colours`` each run's colour in the
+    plots (``#rrggbb``)."""
     figures = copy_figures(runs, out)
     order = f"sorted by <code>{sort.key}</code>, best first" if sort else "in path order"
     failed = sum(run.failed for run in runs)
@@ -125,21 +136,25 @@ def write_page(
     common = common_settings(runs)
     if common:
         shared = ", ".join(f"<code>{html.escape(f'{k}={v}')}</code>" for k, v in common.items())
-        lines.append(f'<p class="meta">Shared by every run: {shared}</p>')
-    lines += _table(runs, sort)
+        lines.append(
+            f'<details class="meta"><summary>{len(common)} settings shared by every run'
+            f"</summary><p>{shared}</p></details>"
+        )
+    lines += _table(runs, sort, colours)
     if plots:
-        lines.append('<h2>Plots</h2><div class="plots">')
+        lines.append('<h2>Plots</h2><div class="row">')
         for title, path in plots:
             relative = path.relative_to(out).as_posix()
-            lines.append(f'<h3>{html.escape(title)}</h3><img src="{relative}" alt="{title}">')
+            lines.append(
+                f'<figure class="plot"><img src="{relative}" alt="{html.escape(title)}"></figure>'
+            )
         lines.append("</div>")
     lines.append("<h2>Figures of each run</h2>")
+    varying = varying_settings(runs)
     for run in runs:
-        settings = ", ".join(
-            f"{key}={format_value(run.value(key))}" for key in varying_settings(runs)
-        )
+        settings = settings_text(run, varying)
         lines.append(
-            f'<h3 id="{_slug(run.name)}">{html.escape(run.name)}'
+            f'<h3 id="{_slug(run.name)}">{_swatch(colours.get(run.name))}{html.escape(run.name)}'
             f' <span class="meta">{html.escape(settings)}</span></h3>'
         )
         lines.append(f'<p class="meta"><code>{html.escape(str(run.path))}</code></p>')
@@ -149,7 +164,7 @@ def write_page(
         if entries:
             lines.append('<div class="row">')
             lines += [
-                f'<figure><img src="{src}" alt="{html.escape(caption)}">'
+                f'<figure class="run"><img src="{src}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
                 for caption, src in entries
             ]

@@ -39,7 +39,8 @@ class Run:
     config: dict[str, object]  # the saved config, flattened to dotted keys
     error: str = ""  # why the run failed, if it did
     name: str = ""  # short display name, unique among the gathered runs
-    wall_time_s: float | None = None  # start (config saved) to end (metrics.json written)
+    # Seconds from the start (config saved) to the end (metrics.json written), from file times.
+    wall_time_s: float | None = None
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (stage, PNG)
 
     @property
@@ -134,7 +135,9 @@ def load_run(path: str | Path) -> Run:
     )
     config_path = hydra_dir / "config.yaml"
     if metrics and config_path.is_file():
-        run.wall_time_s = metrics_path.stat().st_mtime - config_path.stat().st_mtime
+        elapsed = metrics_path.stat().st_mtime - config_path.stat().st_mtime
+        # A copy that did not keep modification times can make this meaningless.
+        run.wall_time_s = elapsed if elapsed > 0 else None
     run.figures = [
         (stage, png)
         for stage, directory in run.stages()
@@ -169,7 +172,11 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, object]:
 
 
 def parse_value(text: str) -> object:
-    """A number if ``text`` reads as one, else the text itself."""
+    """A number, bool or None if ``text`` reads as one (as Hydra would read it), else the
+    text itself."""
+    words = {"true": True, "false": False, "null": None}
+    if text.lower() in words:
+        return words[text.lower()]
     for kind in (int, float):
         try:
             return kind(text)

@@ -22,6 +22,7 @@ class Metric:
     label: str
     better: str  # LOWER or HIGHER
     format: str = "{:.4g}"
+    timing: bool = False  # a time: left out of the plots against settings (machine load)
 
 
 WALL_TIME = "wall_time_s"  # not in metrics.json: from the run's files (Run.wall_time_s)
@@ -37,9 +38,9 @@ METRICS = (
     Metric("teacher/in_support", "teacher in support", HIGHER, "{:.2%}"),
     Metric("student/in_support", "student in support", HIGHER, "{:.2%}"),
     Metric("sampling/speedup", "sampling speedup", HIGHER, "{:.2f}x"),
-    Metric("teacher/train_time_s", "teacher train s", LOWER, "{:.1f}"),
-    Metric("student/train_time_s", "student train s", LOWER, "{:.1f}"),
-    Metric(WALL_TIME, "wall s", LOWER, "{:.1f}"),
+    Metric("teacher/train_time_s", "teacher train s", LOWER, "{:.1f}", timing=True),
+    Metric("student/train_time_s", "student train s", LOWER, "{:.1f}", timing=True),
+    Metric(WALL_TIME, "wall s", LOWER, "{:.1f}", timing=True),
 )
 BY_KEY = {metric.key: metric for metric in METRICS}
 DEFAULT_SORT = ("student/test_nll", "teacher/test_nll")
@@ -87,6 +88,14 @@ def format_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def settings_text(run: Run, keys: Sequence[str], keys_shown: bool = True) -> str:
+    """The run's values of ``keys`` as one line: ``a=1, b=x`` (or ``1, x``)."""
+    return ", ".join(
+        f"{key}={format_value(run.value(key))}" if keys_shown else format_value(run.value(key))
+        for key in keys
+    )
 
 
 def choose_sort(runs: Sequence[Run], requested: str | None) -> Metric | None:
