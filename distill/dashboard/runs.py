@@ -102,8 +102,8 @@ def _natural_key(path: Path) -> list:
 
 def _short_names(paths: list[Path]) -> list[str]:
     """Each path relative to the deepest folder common to all (a single run: its own name)."""
-    if len(paths) == 1:
-        return [paths[0].name]
+    if len(paths) <= 1:
+        return [path.name for path in paths]
     common = Path(os.path.commonpath(paths))
     return [path.relative_to(common).as_posix() for path in paths]
 
