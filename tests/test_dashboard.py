@@ -169,3 +169,28 @@ def test_parse_overrides():
 def test_no_runs_is_an_error(tmp_path: Path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no run" in capsys.readouterr().err
+
+
+def test_wandb_offline_run_curves(wandb_env: Path):
+    """A real offline W&B run, long enough to span several 32 KiB blocks of its log: the
+    in-process reader gives what W&B's own `wandb leet inspect` gives."""
+    import time
+
+    import wandb
+
+    from distill.dashboard.runs import _wandb_history_by_leet, read_wandb_curves
+
+    steps = 1500
+    run = wandb.init(mode="offline", dir=wandb_env, project="distill-report-test")
+    for step in range(steps):
+        run.log({"train/nll": 2.0 / (1 + step), "trainer/global_step": step, "epoch": 0})
+    run.finish()
+    (run_file,) = wandb_env.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 30  # finish() can return before the file is flushed
+    while len(curves := read_wandb_curves(run_file).get("train/nll", [])) < steps:
+        assert time.monotonic() < deadline, f"{len(curves)} of {steps} steps after 30 s"
+        time.sleep(0.1)
+    assert run_file.stat().st_size > 2 * 32768
+    assert curves[0] == (0.0, 2.0) and curves[-1] == (steps - 1.0, 2.0 / steps)
+    official = [item["train/nll"] for item in _wandb_history_by_leet(run_file)]
+    assert official == [value for _, value in curves]

@@ -60,11 +60,11 @@ def copy_figures(runs: Sequence[Run], out: Path) -> dict[str, list[tuple[str, st
     copied: dict[str, list[tuple[str, str]]] = {}
     for index, run in enumerate(runs):
         folder = out / "assets" / f"run-{index:03d}-{_slug(run.name)}"
-        for stage, source in run.figures:
+        for source in run.figures:
             folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{_slug(stage)}-{source.name}"
+            caption = source.relative_to(run.path).as_posix()
+            target = folder / _slug(caption)
             shutil.copyfile(source, target)
-            caption = f"{stage}/{source.name}"
             copied.setdefault(run.name, []).append((caption, target.relative_to(out).as_posix()))
     return copied
 

@@ -1,9 +1,10 @@
 """Gather finished (and failed) runs from disk: metrics, settings, figures and curves.
 
 A run is a directory holding ``.hydra/`` (Hydra's record of the job); it finished if it also
-holds ``metrics.json``, and failed otherwise. Its stages are the run directory itself
-(``distill-teacher``, ``distill-student``) or its ``teacher/`` and ``student/`` subfolders
-(``distill``): each stage holds ``plots/*.png`` and its logger output.
+holds ``metrics.json``, and failed otherwise. Its figures are ``plots/*.png`` in the run
+directory or in a subfolder of it; its logger output is in the run directory itself
+(``distill-teacher``, ``distill-student``) or in its stage subfolders, ``teacher/`` and
+``student/`` (``distill``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,21 +42,21 @@ class Run:
     name: str = ""  # short display name, unique among the gathered runs
     # Seconds from the start (config saved) to the end (metrics.json written), from file times.
     wall_time_s: float | None = None
-    figures: list[tuple[str, Path]] = field(default_factory=list)  # (stage, PNG)
+    figures: list[Path] = field(default_factory=list)  # PNG files
 
     @property
     def failed(self) -> bool:
         return not self.metrics
 
     def stages(self) -> list[tuple[str, Path]]:
-        """``(stage name, directory)``: the subfolders that hold plots or logger output, or
-        the run directory itself, named after its job."""
-        subfolders = [
+        """``(stage name, directory)`` of each folder holding logger output: the run
+        directory itself, named after its job, and its subfolders, named after themselves."""
+        folders = [(self.job, self.path)] + [
             (child.name, child)
             for child in sorted(self.path.iterdir())
-            if child.is_dir() and _holds_stage_output(child)
+            if child.is_dir() and not child.name.startswith(".")
         ]
-        return subfolders or [(self.job, self.path)]
+        return [(name, folder) for name, folder in folders if _holds_logs(folder)]
 
     def value(self, key: str) -> object:
         """The setting ``key`` of this run: its override or group choice, else its saved
@@ -65,8 +66,8 @@ class Run:
         return self.config.get(key)
 
 
-def _holds_stage_output(directory: Path) -> bool:
-    return any((directory / name).is_dir() for name in ("plots", "csv", "wandb", "tensorboard"))
+def _holds_logs(directory: Path) -> bool:
+    return any((directory / name).is_dir() for name in ("csv", "wandb", "tensorboard"))
 
 
 def find_runs(roots: Iterable[str | Path], exclude: Path | None = None) -> list[Run]:
@@ -138,11 +139,7 @@ def load_run(path: str | Path) -> Run:
         elapsed = metrics_path.stat().st_mtime - config_path.stat().st_mtime
         # A copy that did not keep modification times can make this meaningless.
         run.wall_time_s = elapsed if elapsed > 0 else None
-    run.figures = [
-        (stage, png)
-        for stage, directory in run.stages()
-        for png in sorted((directory / "plots").glob("*.png"))
-    ]
+    run.figures = sorted(path.glob("plots/*.png")) + sorted(path.glob("*/plots/*.png"))
     return run
 
 
@@ -243,9 +240,63 @@ def read_csv_curves(directory: Path) -> dict[str, Curve]:
 
 
 def read_wandb_curves(run_file: Path) -> dict[str, Curve]:
-    """The ``train/*`` and ``val/*`` curves of an offline W&B run file (``run-*.wandb``), read
-    by W&B's own reader, ``wandb leet inspect --json`` (no network), x = Lightning's
-    ``trainer/global_step`` (else W&B's ``_step``). Raises RuntimeError if the reader fails."""
+    """The ``train/*`` and ``val/*`` curves of an offline W&B run file (``run-*.wandb``), x =
+    Lightning's ``trainer/global_step`` (else W&B's ``_step``). Read in-process with W&B's
+    own record definitions; if that fails (a format this reader does not know), by W&B's
+    own reader, ``wandb leet inspect --json`` (no network). Raises RuntimeError if both fail."""
+    try:
+        rows = list(_wandb_history_in_process(run_file))
+    except Exception:  # any parse failure: the slower official reader decides
+        rows = list(_wandb_history_by_leet(run_file))
+    curves: dict[str, Curve] = {}
+    for item in rows:
+        step = item.get("trainer/global_step", item.get("_step"))
+        if not isinstance(step, int | float):
+            continue
+        for key, value in item.items():
+            if key.startswith(CURVE_PREFIXES) and isinstance(value, int | float):
+                curves.setdefault(key, []).append((float(step), float(value)))
+    return curves
+
+
+# The .wandb file: a 7-byte header (":W&B", a 2-byte magic, a version byte), then LevelDB's log
+# format: 32 KiB blocks of chunks, each a 4-byte checksum, 2-byte length, 1-byte type (full,
+# first, middle, last) and its bytes; one protobuf `Record` per full (or joined) chunk.
+WANDB_HEADER = b":W&B"
+WANDB_HEADER_SIZE, WANDB_BLOCK_SIZE, CHUNK_HEADER_SIZE = 7, 32768, 7
+CHUNK_FULL, CHUNK_FIRST, CHUNK_LAST = 1, 2, 4
+
+
+def _wandb_history_in_process(run_file: Path) -> Iterator[dict[str, object]]:
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = run_file.read_bytes()
+    if not data.startswith(WANDB_HEADER):
+        raise ValueError(f"{run_file}: not a W&B run file")
+    position, pending = WANDB_HEADER_SIZE, b""
+    while position + CHUNK_HEADER_SIZE <= len(data):
+        left_in_block = WANDB_BLOCK_SIZE - position % WANDB_BLOCK_SIZE
+        if left_in_block < CHUNK_HEADER_SIZE:  # the block's zero padding
+            position += left_in_block
+            continue
+        length = int.from_bytes(data[position + 4 : position + 6], "little")
+        kind = data[position + 6]
+        if kind == 0:  # unwritten space at the end of a run that is still open
+            break
+        chunk = data[position + CHUNK_HEADER_SIZE : position + CHUNK_HEADER_SIZE + length]
+        position += CHUNK_HEADER_SIZE + length
+        pending = chunk if kind in (CHUNK_FULL, CHUNK_FIRST) else pending + chunk
+        if kind not in (CHUNK_FULL, CHUNK_LAST):
+            continue
+        record = Record.FromString(pending)
+        if record.WhichOneof("record_type") == "history":
+            yield {
+                "/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                for item in record.history.item
+            }
+
+
+def _wandb_history_by_leet(run_file: Path) -> Iterator[dict[str, object]]:
     command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_file)]
     # Offline mode also keeps the reader from sending its own telemetry.
     environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -255,19 +306,9 @@ def read_wandb_curves(run_file: Path) -> dict[str, Curve]:
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"`wandb leet inspect` failed on {run_file}: {message}")
-    curves: dict[str, Curve] = {}
     for line in done.stdout.splitlines():
-        if '"history"' not in line:
-            continue
-        record = json.loads(line)
-        item = record.get("history", {}).get("item", {})
-        step = item.get("trainer/global_step", item.get("_step"))
-        if step is None:
-            continue
-        for key, value in item.items():
-            if key.startswith(CURVE_PREFIXES) and isinstance(value, int | float):
-                curves.setdefault(key, []).append((float(step), float(value)))
-    return curves
+        if '"history"' in line:
+            yield json.loads(line).get("history", {}).get("item", {})
 
 
 def read_curves(runs: Iterable[Run]) -> tuple[dict[str, dict[str, dict[str, Curve]]], list[str]]:
