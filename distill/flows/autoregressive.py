@@ -84,7 +84,7 @@ class AutoregressiveLayer(Bijector):
             log_det = log_det + log_det_i
             return solution_i
 
-        solution, _ = self.conditioner.solve(given, step, context)
+        solution = self.conditioner.solve(given, step, context)
         return solution, log_det
 
 

@@ -117,12 +117,14 @@ class MADE(nn.Module):
         given: Tensor,
         step: Callable[[Tensor, Tensor], Tensor],
         context: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Tensor:
         """The sequential direction of an autoregressive map built on this network.
 
         Finds ``y`` (..., D) with ``y_i = step(given_i, params_i(y))`` for every dimension i,
         where ``params_i`` (..., m) are the outputs of dimension i (which read only the
-        ``y_j`` of lower rank). Returns ``y`` and the exact parameters ``(..., m, D)`` at ``y``.
+        ``y_j`` of lower rank), and returns it. ``step`` is called once per dimension, in rank
+        order, with ``given_i`` (...) and ``params_i``; whatever else the caller needs from a
+        step (a log-det) it keeps itself.
 
         Dimensions are solved in rank order, and every hidden unit is computed exactly once:
         a unit of degree d reads only inputs of rank <= d, so it is final as soon as the
@@ -157,11 +159,10 @@ class MADE(nn.Module):
                 or any(p.requires_grad for p in self.parameters())
             )
         )
-        given_by_rank = given[..., self.rank_to_dim]
+        given_by_rank = given.index_select(-1, self.rank_to_dim)
         # the solved dimensions (in rank order), then the final units of each layer
         inputs = _Columns(batch_shape, self.features, given, in_place)
         units = [_Columns(batch_shape, w.shape[0], given, in_place) for w in weights]
-        params: list[Tensor] = []
         for rank in range(self.features):
             source = inputs.filled
             for index, (linear, weight, activation) in enumerate(
@@ -179,9 +180,8 @@ class MADE(nn.Module):
                 source = units[index].filled
             param = F.linear(source, out_weight[rank, :, : source.shape[-1]], out_bias[rank])
             inputs.append(step(given_by_rank[..., rank], param)[..., None])
-            params.append(param)
-        dims = self.order  # the rank of each dimension: back to the dimensions' order
-        return inputs.filled[..., dims], torch.stack(params, dim=-1)[..., dims]
+        # self.order is the rank of each dimension: back to the dimensions' order
+        return inputs.filled.index_select(-1, self.order)
 
 
 class _Columns:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,13 +80,27 @@ class Affine(ElementwiseTransform):
         return (x - shift) * torch.exp(-log_scale), -log_scale
 
 
+class _Bin(NamedTuple):
+    """The bin of each point of a spline, every field of the batch shape."""
+
+    u_left: Tensor  # knot at the bin's left end, input side
+    x_left: Tensor  # knot at the bin's left end, output side
+    width: Tensor
+    height: Tensor
+    slope: Tensor  # height / width
+    d_left: Tensor  # derivative dx/du at the left knot
+    d_right: Tensor
+    curvature: Tensor  # d_left + d_right - 2 slope
+
+
 @dataclass(frozen=True)
 class RationalQuadraticSpline(ElementwiseTransform):
     """Monotonic rational-quadratic spline (Durkan et al., 2019, "Neural Spline Flows").
 
-    On ``[-B, B]`` (``B = tail_bound``), ``K = bins`` bins; on bin k, with ``xi`` the position
-    in the bin (0 to 1), ``s_k`` its slope and ``d_k``, ``d_k+1`` the derivatives at its knots:
-    ``x = y_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + (d_k+1 + d_k - 2 s_k) xi (1 - xi))``.
+    On ``[-B, B]`` (``B = tail_bound``), ``K = bins`` bins between knots ``(u_k, x_k)``; on
+    bin k, with width ``w_k``, height ``h_k``, slope ``s_k = h_k / w_k``, derivatives ``d_k``,
+    ``d_k+1`` at its knots and ``xi = (u - u_k) / w_k`` in [0, 1]:
+    ``x = x_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + (d_k+1 + d_k - 2 s_k) xi (1 - xi))``.
     Outside ``[-B, B]`` the identity (linear tails); the derivatives at ``+-B`` are fixed to 1,
     so the spline joins its tails with a continuous slope.
 
@@ -124,71 +139,90 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return 3 * self.bins - 1
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        inside, u_in, knots = self._locate(u, params, by_output=False)
-        x_left, width, y_left, height, slope, d_left, d_right = knots
-        xi = (u_in - x_left) / width
+        inside, u_in, bin_ = self._locate(u, params, by_output=False)
+        xi = (u_in - bin_.u_left) / bin_.width
         xi_rest = xi * (1 - xi)
-        denominator = slope + (d_left + d_right - 2 * slope) * xi_rest
-        x = y_left + height * (slope * xi.square() + d_left * xi_rest) / denominator
-        log_det = self._log_derivative(xi, xi_rest, denominator, slope, d_left, d_right)
+        denominator = bin_.slope + bin_.curvature * xi_rest
+        rise = (bin_.slope * xi.square() + bin_.d_left * xi_rest) / denominator
+        x = bin_.x_left + bin_.height * rise
+        log_det = self._log_derivative(bin_, xi, xi_rest, denominator)
         return torch.where(inside, x, u), torch.where(inside, log_det, 0.0)
 
     def inverse(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        inside, x_in, knots = self._locate(x, params, by_output=True)
-        x_left, width, y_left, height, slope, d_left, d_right = knots
-        # xi solves a xi^2 + b xi + c = 0; this root's form avoids cancellation (c <= 0 < b).
-        above = x_in - y_left
-        curvature = d_left + d_right - 2 * slope
-        a = height * (slope - d_left) + above * curvature
-        b = height * d_left - above * curvature
-        c = -slope * above
+        inside, x_in, bin_ = self._locate(x, params, by_output=True)
+        # xi is the root in [0, 1] of a xi^2 + b xi + c = 0, in the form Durkan et al. use,
+        # which stays accurate as c -> 0 (points near the bin's left knot).
+        above = x_in - bin_.x_left
+        a = bin_.height * (bin_.slope - bin_.d_left) + above * bin_.curvature
+        b = bin_.height * bin_.d_left - above * bin_.curvature
+        c = -bin_.slope * above
         discriminant = (b.square() - 4 * a * c).clamp(min=0)
         xi = 2 * c / (-b - discriminant.sqrt())
         xi_rest = xi * (1 - xi)
-        denominator = slope + curvature * xi_rest
-        u = x_left + xi * width
-        log_det = -self._log_derivative(xi, xi_rest, denominator, slope, d_left, d_right)
+        denominator = bin_.slope + bin_.curvature * xi_rest
+        u = bin_.u_left + xi * bin_.width
+        log_det = -self._log_derivative(bin_, xi, xi_rest, denominator)
         return torch.where(inside, u, x), torch.where(inside, log_det, 0.0)
 
     @staticmethod
-    def _log_derivative(xi, xi_rest, denominator, slope, d_left, d_right) -> Tensor:
-        """log dx/du on the bin at position ``xi``."""
-        numerator = d_right * xi.square() + 2 * slope * xi_rest + d_left * (1 - xi).square()
-        return torch.log(slope.square() * numerator / denominator.square())
+    def _log_derivative(bin_: _Bin, xi: Tensor, xi_rest: Tensor, denominator: Tensor) -> Tensor:
+        """log dx/du at position ``xi`` of the bin (``xi_rest = xi (1 - xi)``)."""
+        numerator = (
+            bin_.d_right * xi.square() + 2 * bin_.slope * xi_rest + bin_.d_left * (1 - xi).square()
+        )
+        return torch.log(bin_.slope.square() * numerator / denominator.square())
 
-    def _locate(self, inputs: Tensor, params: Tensor, by_output: bool):
-        """Which inputs lie in ``[-B, B]``, the inputs clamped there (so the unused branch of
-        the tails stays finite, gradients included), and the bin of each input:
-        ``(x_left, width, y_left, height, slope, d_left, d_right)``, each of the batch shape.
-        Bins are found among the knots of x (``by_output``) or of u."""
+    def _locate(self, inputs: Tensor, params: Tensor, by_output: bool) -> tuple:
+        """``(inside, clamped, bin)``: which inputs lie in ``[-B, B]``, the inputs clamped
+        there (so the unused spline branch of the tails stays finite, gradients included) and
+        the `_Bin` of each input, found among the knots' x (``by_output``) or u."""
         bound = self.tail_bound
-        widths, heights, raw_derivatives = params.split([self.bins, self.bins, self.bins - 1], -1)
-        x_knots = self._knots(widths)
-        y_knots = self._knots(heights)
-        offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
-        derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
-        derivatives = F.pad(derivatives, (1, 1), value=1.0)
-
+        u_knots, x_knots, derivatives = self.knots(params)
         shape = torch.broadcast_shapes(inputs.shape, params.shape[:-1])
         inside = (inputs >= -bound) & (inputs <= bound)
         clamped = inputs.clamp(-bound, bound).expand(shape)
-        search_knots = (y_knots if by_output else x_knots).expand(*shape, self.bins + 1)
+        search_knots = (x_knots if by_output else u_knots).expand(*shape, self.bins + 1)
         # right=True: a point on a knot belongs to the bin that starts there; +B to the last
-        bin_index = torch.searchsorted(
+        index = torch.searchsorted(
             search_knots.contiguous(), clamped.contiguous()[..., None], right=True
         )
-        bin_index = (bin_index - 1).clamp(0, self.bins - 1)
-        ends = torch.cat([bin_index, bin_index + 1], dim=-1)  # (..., 2): left and right knot
+        index = (index - 1).clamp(0, self.bins - 1)
+        ends = torch.cat([index, index + 1], dim=-1)  # (..., 2): left and right knot
+        u_left, u_right = u_knots.gather(-1, ends).unbind(-1)
         x_left, x_right = x_knots.gather(-1, ends).unbind(-1)
-        y_left, y_right = y_knots.gather(-1, ends).unbind(-1)
         d_left, d_right = derivatives.gather(-1, ends).unbind(-1)
-        width, height = x_right - x_left, y_right - y_left
-        return inside, clamped, (x_left, width, y_left, height, height / width, d_left, d_right)
+        width, height = u_right - u_left, x_right - x_left
+        slope = height / width
+        curvature = d_left + d_right - 2 * slope
+        return (
+            inside,
+            clamped,
+            _Bin(u_left, x_left, width, height, slope, d_left, d_right, curvature),
+        )
+
+    def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The spline's knots from its parameters ``(..., 3K - 1)``: their u-coordinates, their
+        x-coordinates (both from exactly -B to exactly B) and the derivatives dx/du there (1
+        at both ends), each ``(..., K + 1)``."""
+        widths, heights, raw_derivatives = params.split([self.bins, self.bins, self.bins - 1], -1)
+        offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
+        derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
+        return self._knots(widths), self._knots(heights), F.pad(derivatives, (1, 1), value=1.0)
 
     def _knots(self, raw_sizes: Tensor) -> Tensor:
-        """``(..., K)`` raw bin sizes -> ``(..., K + 1)`` knots from exactly -B to exactly B."""
+        """``(..., K)`` raw bin sizes -> ``(..., K + 1)`` knots from exactly -B to exactly B
+        (the last one set, not summed, so rounding cannot move the tails)."""
         minimum = self.min_bin_size
-        sizes = minimum + (1 - minimum * self.bins) * torch.softmax(raw_sizes, dim=-1)
+        sizes = minimum + (1 - minimum * self.bins) * _softmax(raw_sizes)
         inner = torch.cumsum(sizes[..., :-1], dim=-1)
         unit = F.pad(F.pad(inner, (1, 0), value=0.0), (0, 1), value=1.0)
         return self.tail_bound * (2 * unit - 1)
+
+
+def _softmax(inputs: Tensor) -> Tensor:
+    """``softmax(inputs, dim=-1)``, computed over dim -2 of the transpose when there is one:
+    PyTorch's CPU kernel is ~30x slower over a short last dimension (the K bins) than over a
+    long inner one (the dimensions or the batch), forward and backward."""
+    if inputs.dim() < 2:
+        return torch.softmax(inputs, dim=-1)
+    return torch.softmax(inputs.transpose(-1, -2), dim=-2).transpose(-1, -2)
