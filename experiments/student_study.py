@@ -25,7 +25,6 @@ digits (D = 64), NLL within 2% and sampling >= 32x faster than the teacher at N 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -34,6 +33,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from distill.dashboard import load_run, markdown_table
+from distill.dashboard.runs import read_csv_curves
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -101,47 +103,77 @@ def registry() -> list[Run]:
             for loss in ("reverse_kl", "mixed"):
                 runs.append(
                     student(
-                        data, f"{loss}-teacher-lr{lr}", "learning rate (init=teacher, 1000 steps)",
-                        f"loss={loss}", "init=teacher", f"optim.lr={lr}", "trainer.max_steps=1000",
+                        data,
+                        f"{loss}-teacher-lr{lr}",
+                        "learning rate (init=teacher, 1000 steps)",
+                        f"loss={loss}",
+                        "init=teacher",
+                        f"optim.lr={lr}",
+                        "trainer.max_steps=1000",
                     )
                 )
     for data in ("moons", "siggraph"):
         for tag, overrides in LOSSES.items():
             runs.append(
                 student(
-                    data, f"{tag}-teacher", "loss (init=teacher, lr 3e-4, 1000 steps)",
-                    *overrides, "init=teacher", "optim.lr=3e-4", "trainer.max_steps=1000",
+                    data,
+                    f"{tag}-teacher",
+                    "loss (init=teacher, lr 3e-4, 1000 steps)",
+                    *overrides,
+                    "init=teacher",
+                    "optim.lr=3e-4",
+                    "trainer.max_steps=1000",
                 )
             )
         for tag, overrides in LOSSES.items():
             runs.append(
                 student(
-                    data, f"{tag}-identity", "loss (init=identity, lr 1e-3, 2000 steps)",
-                    *overrides, "init=identity", "optim.lr=1e-3", "trainer.max_steps=2000",
+                    data,
+                    f"{tag}-identity",
+                    "loss (init=identity, lr 1e-3, 2000 steps)",
+                    *overrides,
+                    "init=identity",
+                    "optim.lr=1e-3",
+                    "trainer.max_steps=2000",
                 )
             )
     for data in ("moons", "siggraph"):
         for tag in STRESSED:
             runs.append(
                 student(
-                    data, f"{tag}-teacher-lr1e-3-3000", "stress: lr 1e-3, 3000 steps (init=teacher)",
-                    *LOSSES[tag], "init=teacher", "optim.lr=1e-3", "trainer.max_steps=3000",
+                    data,
+                    f"{tag}-teacher-lr1e-3-3000",
+                    "stress: lr 1e-3, 3000 steps (init=teacher)",
+                    *LOSSES[tag],
+                    "init=teacher",
+                    "optim.lr=1e-3",
+                    "trainer.max_steps=3000",
                 )
             )
         for tag in ("reverse_kl", "mixed0.1", "reverse_kl+regression"):
             for steps in (40, 300, 3000):
                 runs.append(
                     student(
-                        data, f"{tag}-teacher-{steps}", "steps (init=teacher, lr 3e-4)",
-                        *LOSSES[tag], "init=teacher", "optim.lr=3e-4", f"trainer.max_steps={steps}",
+                        data,
+                        f"{tag}-teacher-{steps}",
+                        "steps (init=teacher, lr 3e-4)",
+                        *LOSSES[tag],
+                        "init=teacher",
+                        "optim.lr=3e-4",
+                        f"trainer.max_steps={steps}",
                     )
                 )
     for data in ("moons", "siggraph"):
         for tag, overrides in REGULARIZED.items():
             runs.append(
                 student(
-                    data, f"{tag}-teacher-lr1e-3-3000", "clip and EMA (init=teacher, lr 1e-3, 3000 steps)",
-                    *overrides, "init=teacher", "optim.lr=1e-3", "trainer.max_steps=3000",
+                    data,
+                    f"{tag}-teacher-lr1e-3-3000",
+                    "clip and EMA (init=teacher, lr 1e-3, 3000 steps)",
+                    *overrides,
+                    "init=teacher",
+                    "optim.lr=1e-3",
+                    "trainer.max_steps=3000",
                 )
             )
     for data in ("moons", "siggraph"):
@@ -149,47 +181,79 @@ def registry() -> list[Run]:
             for seed in (1, 2):
                 runs.append(
                     student(
-                        data, f"mixed{weight}-teacher-seed{seed}", SEEDS,
-                        *LOSSES[f"mixed{weight}"], "init=teacher", "optim.lr=3e-4",
-                        "trainer.max_steps=1000", f"seed={seed}",
+                        data,
+                        f"mixed{weight}-teacher-seed{seed}",
+                        SEEDS,
+                        *LOSSES[f"mixed{weight}"],
+                        "init=teacher",
+                        "optim.lr=3e-4",
+                        "trainer.max_steps=1000",
+                        f"seed={seed}",
                     )
                 )
                 runs.append(
                     student(
-                        data, f"mixed{weight}-identity-seed{seed}", SEEDS,
-                        *LOSSES[f"mixed{weight}"], "init=identity", "optim.lr=1e-3",
-                        "trainer.max_steps=2000", f"seed={seed}",
+                        data,
+                        f"mixed{weight}-identity-seed{seed}",
+                        SEEDS,
+                        *LOSSES[f"mixed{weight}"],
+                        "init=identity",
+                        "optim.lr=1e-3",
+                        "trainer.max_steps=2000",
+                        f"seed={seed}",
                     )
                 )
     for tag, overrides in DIGITS_LOSSES.items():
         runs.append(
             student(
-                "digits", f"{tag}-teacher", "digits: loss (init=teacher, lr 3e-4, 1000 steps)",
-                *overrides, *DIGITS, "init=teacher", "optim.lr=3e-4", "trainer.max_steps=1000",
+                "digits",
+                f"{tag}-teacher",
+                "digits: loss (init=teacher, lr 3e-4, 1000 steps)",
+                *overrides,
+                *DIGITS,
+                "init=teacher",
+                "optim.lr=3e-4",
+                "trainer.max_steps=1000",
             )
         )
     for tag in ("reverse_kl", "reverse_kl+regression", "mixed0.1"):
         runs.append(
             student(
-                "digits", f"{tag}-identity", "digits: init=identity (lr 1e-3, 2000 steps)",
-                *LOSSES[tag], *DIGITS, "init=identity", "optim.lr=1e-3", "trainer.max_steps=2000",
+                "digits",
+                f"{tag}-identity",
+                "digits: init=identity (lr 1e-3, 2000 steps)",
+                *LOSSES[tag],
+                *DIGITS,
+                "init=identity",
+                "optim.lr=1e-3",
+                "trainer.max_steps=2000",
             )
         )
     for tag, overrides in SMALL_STUDENTS.items():
         runs.append(
             student(
-                "digits", f"reverse_kl+regression-{tag}", "digits: smaller students for speed "
-                "(init=identity, lr 1e-3, 2000 steps)",
-                *LOSSES["reverse_kl+regression"], *overrides, *DIGITS, "init=identity",
-                "optim.lr=1e-3", "trainer.max_steps=2000",
+                "digits",
+                f"reverse_kl+regression-{tag}",
+                "digits: smaller students for speed (init=identity, lr 1e-3, 2000 steps)",
+                *LOSSES["reverse_kl+regression"],
+                *overrides,
+                *DIGITS,
+                "init=identity",
+                "optim.lr=1e-3",
+                "trainer.max_steps=2000",
             )
         )
     for tag in ("reverse_kl", "reverse_kl+regression", "mixed0.1"):
         for steps in (300, 3000):
             runs.append(
                 student(
-                    "digits", f"{tag}-teacher-{steps}", "digits: steps (init=teacher, lr 3e-4)",
-                    *LOSSES[tag], *DIGITS, "init=teacher", "optim.lr=3e-4",
+                    "digits",
+                    f"{tag}-teacher-{steps}",
+                    "digits: steps (init=teacher, lr 3e-4)",
+                    *LOSSES[tag],
+                    *DIGITS,
+                    "init=teacher",
+                    "optim.lr=3e-4",
                     f"trainer.max_steps={steps}",
                 )
             )
@@ -288,8 +352,8 @@ def revision() -> str:
 
 
 def load(entry: Run) -> dict | None:
-    path = entry.directory / "metrics.json"
-    if not path.exists():
+    run = load_run(entry.directory) if entry.directory.is_dir() else None
+    if run is None or run.failed:
         return None
     record = {
         "name": entry.name,
@@ -297,8 +361,10 @@ def load(entry: Run) -> dict | None:
         "data": entry.data,
         "command": shlex.join([entry.command, *entry.argv()[1:]]).replace(str(ROOT) + "/", ""),
         "threads": entry.threads,
-        "teacher": f"teacher-{entry.teacher or entry.data}" if entry.command == "distill-student" else "",
-        "metrics": json.loads(path.read_text()),
+        "teacher": f"teacher-{entry.teacher or entry.data}"
+        if entry.command == "distill-student"
+        else "",
+        "metrics": run.metrics,
     }
     wall = entry.directory / "wall_time.json"
     if wall.exists():
@@ -312,12 +378,8 @@ def load(entry: Run) -> dict | None:
 def last_validation(directory: Path) -> dict[str, float]:
     """The last logged ``val/*`` values: the state training ended in, which the tables show
     next to the evaluated (best val/nll) checkpoint, so a late collapse cannot hide."""
-    last: dict[str, float] = {}
-    for path in directory.glob("csv/**/metrics.csv"):
-        with open(path) as file:
-            for row in csv.DictReader(file):
-                last.update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
-    return last
+    curves = read_csv_curves(directory)
+    return {key: points[-1][1] for key, points in curves.items() if key.startswith("val/")}
 
 
 def targets(data: str, m: dict) -> bool | None:
@@ -326,8 +388,10 @@ def targets(data: str, m: dict) -> bool | None:
     gap = m["student/nll_relative_gap"]
     if data == "digits":
         return gap <= 0.02 and m["sampling/speedup"] >= 32
-    return m["student/kl_trimmed_mean"] <= 0.05 and m["student/coverage_loss"] <= 0.01 and (
-        gap <= 0.05
+    return (
+        m["student/kl_trimmed_mean"] <= 0.05
+        and m["student/coverage_loss"] <= 0.01
+        and (gap <= 0.05)
     )
 
 
@@ -353,7 +417,7 @@ LAST = (("last val KL", "val/kl", "{:.3g}"), ("last val NLL", "val/nll", "{:.4g}
 
 def table(records: list[dict]) -> list[str]:
     head = ["run", "settings", *(c[0] for c in COLUMNS), *(c[0] for c in LAST), "targets"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for record in records:
         m = record["metrics"]
         cells = [f"`{record['name']}`", overrides_text(record) or "(defaults)"]
@@ -362,8 +426,8 @@ def table(records: list[dict]) -> list[str]:
         cells += [fmt.format(last[key]) if key in last else "—" for _, key, fmt in LAST]
         met = targets(record["data"], m)
         cells.append("—" if met is None else ("yes" if met else "no"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def gather(entries: list[Run]) -> None:
@@ -387,7 +451,7 @@ def gather(entries: list[Run]) -> None:
     for group, members in groups.items():
         lines += [f"## {group}", ""]
         if group in ("teacher", "pipeline"):
-            lines += ["| run | settings | metrics | wall s |", "|---|---|---|---|"]
+            rows = []
             for r in members:
                 m = r["metrics"]
                 shown = ", ".join(
@@ -405,10 +469,9 @@ def gather(entries: list[Run]) -> None:
                     if k in m
                 )
                 wall = f"{r['wall_s']:.0f}" if "wall_s" in r else "—"
-                lines.append(
-                    f"| `{r['name']}` | {overrides_text(r) or '(defaults)'} "
-                    f"(threads {r['threads']}) | {shown} | {wall} |"
-                )
+                settings = f"{overrides_text(r) or '(defaults)'} (threads {r['threads']})"
+                rows.append([f"`{r['name']}`", settings, shown, wall])
+            lines += markdown_table(["run", "settings", "metrics", "wall s"], rows)
         else:
             lines += table(members)
         lines.append("")

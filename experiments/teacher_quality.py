@@ -32,6 +32,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from distill.dashboard import load_run, markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("moons", "siggraph", "8gaussians", "checkerboard", "digits")
 RUNS = ROOT / "experiments" / "runs" / "teacher"
@@ -98,7 +100,7 @@ def run_experiment(name: str, threads: int) -> dict:
     if done.returncode != 0:
         tail = (run_dir / "stdout.log").read_text().splitlines()[-15:]
         raise SystemExit(f"[{name}] failed (exit {done.returncode}):\n" + "\n".join(tail))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = load_run(run_dir).metrics
     row = {
         "experiment": name,
         "command": "distill-teacher " + " ".join(cmd[1:4]),
@@ -184,20 +186,26 @@ def markdown(results: dict) -> str:
         f"({setting['cpu_count']} cores, shared with another engineer's runs), "
         f"torch {setting['torch']}; rev: the distill commit each row ran at.",
         "",
-        "| experiment | test NLL | entropy | excess | bits/dim | train s | CPU s | steps | best "
-        "| rev |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in EXPERIMENTS:
-        row = results["experiments"].get(name)
-        if row is None:
-            continue
-        lines.append(
-            f"| `{name}` | {number(row['test_nll'], 4)} | {number(row['entropy'], 4)} | "
-            f"{number(row['excess_nll'], 4)} | {number(row['test_bpd'], 3)} | "
-            f"{row['train_time_s']:.0f} | {row['process_cpu_s']:.0f} | {row['steps']} | "
-            f"{row['best_step'] or '—'} | {row['git'] or '—'} |"
-        )
+    header = ["experiment", "test NLL", "entropy", "excess", "bits/dim", "train s", "CPU s"]
+    header += ["steps", "best", "rev"]
+    rows = [
+        [
+            f"`{name}`",
+            number(row["test_nll"], 4),
+            number(row["entropy"], 4),
+            number(row["excess_nll"], 4),
+            number(row["test_bpd"], 3),
+            f"{row['train_time_s']:.0f}",
+            f"{row['process_cpu_s']:.0f}",
+            str(row["steps"]),
+            str(row["best_step"] or "—"),
+            row["git"] or "—",
+        ]
+        for name in EXPERIMENTS
+        if (row := results["experiments"].get(name)) is not None
+    ]
+    lines += markdown_table(header, rows)
     lines += ["", "Commands (from the repository root):", "", "```bash"]
     lines += [
         f"OMP_NUM_THREADS={setting['threads']} OMP_WAIT_POLICY=PASSIVE "
