@@ -1,7 +1,8 @@
 """Divergences between a student flow q and a frozen teacher flow p, for distillation.
 
-Each function returns per-sample terms ``(N,)`` (the objective is their mean), so callers
-can report robust statistics and clip outliers. Cost and behaviour:
+Each loss is a function ``(student, teacher, num_samples, data) -> (N,)`` per-sample terms
+(the objective is their mean, so callers can report robust statistics and clip outliers),
+listed by name in `LOSSES`. Cost and behaviour:
 
 - `reverse_kl` (Parallel WaveNet, the default): ``log q(x) - log p(x)``, x ~ q from the
   student's cached noise. One parallel student pass + one parallel teacher (MAF) density
@@ -9,6 +10,7 @@ can report robust statistics and clip outliers. Cost and behaviour:
 - `reverse_kl_closed_form` (ClariNet): when both flows are affine autoregressive with one
   shared ordering, the per-dimension conditionals are Gaussian and their KL is exact; only
   the outer expectation over x_<i is sampled. Same cost as `reverse_kl`, lower variance.
+  `log_std_regularizer` is ClariNet's penalty on the log-scale mismatch of those conditionals.
 - `forward_kl`: ``log p(x) - log q(x)``, x ~ p. Mode-covering. Needs the teacher's
   sequential sampling and the student's sequential inverse: 2·D passes per layer, fine
   for small D.
@@ -21,23 +23,25 @@ the autograd tape: d log p(x) / dx is what pulls the student's samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from distill.flows import AutoregressiveAffine, AutoregressiveLayer, Bijector, Chain, Flow
 
-LOSSES = ("reverse_kl", "reverse_kl_closed_form", "forward_kl", "regression")
 
-
-def reverse_kl(student: Flow, teacher: Flow, num_samples: int) -> Tensor:
+def reverse_kl(
+    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+) -> Tensor:
     """Monte Carlo KL(q || p) terms ``log q(x) - log p(x)``, ``x ~ q``: ``(num_samples,)``."""
     x, log_q = student.sample_and_log_prob((num_samples,))
     return log_q - teacher.log_prob(x)
 
 
-def forward_kl(student: Flow, teacher: Flow, num_samples: int) -> Tensor:
+def forward_kl(
+    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
     teacher's samples; the student learns by maximum likelihood on them)."""
     with torch.no_grad():
@@ -46,9 +50,14 @@ def forward_kl(student: Flow, teacher: Flow, num_samples: int) -> Tensor:
     return log_p - student.log_prob(x)
 
 
-def regression(student: Flow, teacher: Flow, data: Tensor) -> Tensor:
-    """Squared error ``|student.forward(u) - x|^2`` per point, ``u = teacher.inverse(x)``:
-    the student learns the teacher's noise -> data map on the data's latents."""
+def regression(
+    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+) -> Tensor:
+    """Squared error ``|student.forward(u) - x|^2`` per point of the data batch ``data``
+    ``(N, D)``, ``u = teacher.inverse(x)``: the student learns the teacher's noise -> data map on
+    the data's latents (``num_samples`` is unused: the batch is the sample)."""
+    if data is None:
+        raise ValueError("the regression loss needs a data batch")
     with torch.no_grad():
         u, _ = teacher.bijector.inverse(data)
     x, _ = student.bijector(u)
@@ -82,8 +91,8 @@ def _autoregressive_layers(
             raise ValueError(
                 f"reverse_kl_closed_form needs the {role} to be a stack of {kind} layers with no "
                 f"permutations or other bijectors in between, but it contains "
-                f"{type(layer).__name__}. Use flow configs with permutation: none "
-                "(e.g. flow=maf_fixed_order, student_flow=iaf_fixed_order), or loss=reverse_kl"
+                f"{type(layer).__name__}. Use flows with permutation: none (flow@teacher.flow="
+                "maf_fixed_order flow@student.flow=iaf_fixed_order), or loss=reverse_kl"
             )
     return layers
 
@@ -136,11 +145,10 @@ def gaussian_conditionals(
 
 
 def reverse_kl_closed_form(
-    student: Flow, teacher: Flow, num_samples: int, log_std_penalty: float = 0.0
+    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
 ) -> Tensor:
     """ClariNet's KL(q || p): ``sum_i KL(q(x_i | x_<i) || p(x_i | x_<i))`` in closed form at
-    x ~ q, plus ``log_std_penalty * sum_i (log std_q_i - log std_p_i)^2`` (ClariNet's
-    regularizer, which keeps the scales matched early in training). ``(num_samples,)``."""
+    x ~ q (`gaussian_conditionals`): ``(num_samples,)``."""
     mean_q, log_std_q, mean_p, log_std_p = gaussian_conditionals(student, teacher, num_samples)
     log_ratio = log_std_q - log_std_p
     kl = (
@@ -148,65 +156,76 @@ def reverse_kl_closed_form(
         + 0.5 * (torch.exp(2 * log_ratio) + ((mean_q - mean_p) * torch.exp(-log_std_p)).square())
         - 0.5
     )
-    terms = kl.sum(-1)
-    if log_std_penalty:
-        terms = terms + log_std_penalty * log_ratio.square().sum(-1)
-    return terms
+    return kl.sum(-1)
+
+
+def log_std_regularizer(
+    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+) -> Tensor:
+    """ClariNet's regularizer ``sum_i (log std_q_i - log std_p_i)^2`` at x ~ q, which keeps the
+    conditionals' scales matched early in training: ``(num_samples,)``."""
+    _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples)
+    return (log_std_q - log_std_p).square().sum(-1)
+
+
+Loss = Callable[[Flow, Flow, int, "Tensor | None"], Tensor]
+
+#: The divergences by name (the ``terms`` of `DistillationObjective`), one signature:
+#: ``(student, teacher, num_samples, data) -> per-sample terms``.
+LOSSES: dict[str, Loss] = {
+    "reverse_kl": reverse_kl,
+    "reverse_kl_closed_form": reverse_kl_closed_form,
+    "log_std_regularizer": log_std_regularizer,
+    "forward_kl": forward_kl,
+    "regression": regression,
+}
+
+#: The losses that read a data batch.
+NEEDS_DATA = frozenset({"regression"})
 
 
 class DistillationObjective(nn.Module):
-    """A weighted sum of the divergences above: ``terms = {"reverse_kl": 1.0, ...}``.
+    """A weighted sum of the divergences of `LOSSES`: ``terms = {"reverse_kl": 1.0, ...}``.
 
     Args:
         terms: loss name -> weight (names from `LOSSES`).
         num_samples: samples per step for the sampled losses.
-        clip: if set, per-sample reverse-KL terms above it are clamped (their gradient is
-            dropped), so a few samples deep in the teacher's tails cannot dominate a step.
-        log_std_penalty: ClariNet's regularizer weight for ``reverse_kl_closed_form``.
+        clip: if set, per-sample terms above it are clamped (their gradient is dropped), so a
+            few samples deep in the teacher's tails cannot dominate a step.
     """
 
     def __init__(
-        self,
-        terms: Mapping[str, float],
-        num_samples: int = 512,
-        clip: float | None = None,
-        log_std_penalty: float = 0.0,
+        self, terms: Mapping[str, float], num_samples: int = 512, clip: float | None = None
     ):
         super().__init__()
         unknown = sorted(set(terms) - set(LOSSES))
         if unknown or not terms:
             raise ValueError(
-                f"loss terms must be a non-empty subset of {LOSSES}, got {dict(terms)}"
+                f"loss.terms must name at least one of {', '.join(LOSSES)} (and nothing else), "
+                f"got {dict(terms)}"
             )
         if any(weight < 0 for weight in terms.values()):
-            raise ValueError(f"loss weights must be >= 0, got {dict(terms)}")
+            raise ValueError(f"loss.terms weights must be >= 0, got {dict(terms)}")
         if num_samples < 1:
             raise ValueError(f"loss.num_samples must be >= 1, got {num_samples}")
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip
-        self.log_std_penalty = log_std_penalty
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether `forward` needs a data batch (a term such as `regression` reads one)."""
+        return not NEEDS_DATA.isdisjoint(self.terms)
 
     def forward(
         self, student: Flow, teacher: Flow, data: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns the scalar objective and the mean of each term (for logging).
-        ``data``: a batch in the flows' space, needed by `regression` only."""
+        ``data``: a batch ``(N, D)`` in the flows' space, for the terms that read one."""
         total, parts = 0.0, {}
         for name, weight in self.terms.items():
-            if name == "reverse_kl":
-                per_sample = reverse_kl(student, teacher, self.num_samples)
-                value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample
-            elif name == "reverse_kl_closed_form":
-                per_sample = value = reverse_kl_closed_form(
-                    student, teacher, self.num_samples, self.log_std_penalty
-                )
-            elif name == "forward_kl":
-                per_sample = value = forward_kl(student, teacher, self.num_samples)
-            else:
-                if data is None:
-                    raise ValueError("the regression loss needs a data batch")
-                per_sample = value = regression(student, teacher, data)
+            per_sample = LOSSES[name](student, teacher, self.num_samples, data)
             parts[name] = per_sample.detach().mean()
+            value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample
             total = total + weight * value.mean()
         return total, parts

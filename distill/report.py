@@ -1,45 +1,90 @@
-"""`report.md`: the metrics table of a run, teacher and student side by side, with its plots."""
+"""A run on disk, written once at its end: ``metrics.json``, ``plots/*.png`` and ``report.md``
+(the command, the teacher and student side by side, every metric, the figures)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from distill.plots import save_figure
 
 # (label, teacher key, student key): the rows shown side by side.
 SIDE_BY_SIDE = [
     ("held-out NLL (nats), mean", "teacher/test_nll", "student/test_nll"),
     ("held-out NLL (nats), median", "teacher/test_nll_median", "student/test_nll_median"),
+    ("excess NLL over the true entropy (nats)", "teacher/excess_nll", "student/excess_nll"),
     ("held-out bits/dim", "teacher/test_bpd", "student/test_bpd"),
-    ("sampling time (s)", "sampling/teacher_s", "sampling/student_s"),
+    ("fraction of samples inside the support", "teacher/in_support", "student/in_support"),
+    ("parameters", "teacher/parameters", "student/parameters"),
+    ("sampling time (s, median)", "sampling/teacher_s", "sampling/student_s"),
+    ("training steps", "teacher/global_step", "student/global_step"),
+    ("training time (s)", "teacher/train_time_s", "student/train_time_s"),
 ]
 
 
-def _format(value) -> str:
+def _format(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
 
 
-def write_report(
-    run_dir: str | Path, metrics: Mapping[str, object], images: Mapping[str, str | Path]
+def write_run(
+    run_dir: str | Path,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Figure],
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """Write ``run_dir/report.md``: a teacher | student table, every metric, and the images
-    (paths relative to the run directory)."""
+    """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png`` and
+    ``run_dir/report.md``; returns the report's path."""
     run_dir = Path(run_dir)
-    lines = [
-        "# distill report",
-        "",
-        "## Teacher vs student",
-        "",
-        "| | teacher | student |",
-        "|---|---|---|",
-    ]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(
+        json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n"
+    )
+    images = {
+        name: save_figure(figure, run_dir / "plots" / f"{name}.png")
+        for name, figure in figures.items()
+    }
+    return write_report(run_dir, metrics, images, overrides)
+
+
+def write_report(
+    run_dir: Path,
+    metrics: Mapping[str, Any],
+    images: Mapping[str, Path],
+    overrides: Sequence[str] = (),
+) -> Path:
+    """``run_dir/report.md``: the overrides of the run, a teacher | student table, every
+    metric, and the images (linked relative to the run directory)."""
+    command = " ".join(overrides) if overrides else "(defaults)"
+    lines = ["# distill report", "", f"Overrides: `{command}`", ""]
+    if "student/init" in metrics:
+        start = (
+            "a warm start from the teacher's weights"
+            if metrics["student/init"] == "teacher"
+            else "the identity (distilled from scratch)"
+        )
+        lines += [f"The student started from {start}.", ""]
+    lines += ["## Teacher vs student", "", "| | teacher | student |", "|---|---|---|"]
     for label, teacher_key, student_key in SIDE_BY_SIDE:
         if teacher_key in metrics or student_key in metrics:
             lines.append(
                 f"| {label} | {_format(metrics.get(teacher_key, '—'))} | "
                 f"{_format(metrics.get(student_key, '—'))} |"
             )
+    if "sampling/speedup" in metrics:
+        lines += [
+            "",
+            f"The student samples {_format(metrics['sampling/speedup'])}x faster than the teacher "
+            f"(median of {metrics.get('sampling/rounds', '?')} paired rounds, interquartile range "
+            f"{_format(metrics.get('sampling/speedup_q25'))}–"
+            f"{_format(metrics.get('sampling/speedup_q75'))}).",
+        ]
     lines += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| `{key}` | {_format(value)} |" for key, value in sorted(metrics.items())]
     if images:

@@ -1,13 +1,9 @@
-import os
+import distill  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch starts)
 
-# Busy-waiting OpenMP threads slow small matrix products many-fold on a shared 2-core
-# machine; this must be set before torch starts its thread pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
 
 @pytest.fixture(autouse=True)

@@ -1,45 +1,87 @@
-"""Every config composes with Hydra's compose API and instantiates."""
+"""Every config composes with Hydra's compose API and instantiates; every experiment runs
+through every entry point; nothing edits a composed config."""
+
+import json
+from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from distill.cli.teacher import build_datamodule
+from distill.cli.pipeline import run as run_pipeline
 from distill.data import DATASETS
 from distill.models import TeacherModule
 from distill.spec import plain
+from distill.stages import build_datamodule
+from distill.training import build_trainer
 
 DATA = [name for name in DATASETS if name != "file"]
-FLOWS = ["maf", "maf_bn", "maf_fixed_order", "realnvp", "realnvp_bn", "nice", "nice_bn", "iaf"]
+FLOWS = sorted(p.stem for p in Path("distill/conf/flow").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in Path("distill/conf/experiment").glob("*.yaml"))
+
+
+def test_the_config_groups_are_found():
+    assert {"maf", "iaf", "realnvp", "nice", "maf_spline", "iaf_spline"} <= set(FLOWS)
+    assert {"moons", "siggraph", "digits"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("data", DATA)
 def test_every_data_config_composes_and_builds(compose_config, data):
     cfg = compose_config("teacher", [f"data={data}"])
-    if "num_train" in cfg.data:
-        cfg.data.num_train = 600
-    datamodule = build_datamodule(cfg)
+    spec = plain(cfg.data)
+    if "num_train" in spec:
+        spec["num_train"] = 600
+    datamodule = build_datamodule(spec)
     assert datamodule.train_data.shape[1] == datamodule.features
 
 
 @pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("features", [2, 64])
-def test_every_flow_config_instantiates(compose_config, flow, features):
-    cfg = compose_config("teacher", [f"flow={flow}"])
-    module = TeacherModule(flow={**plain(cfg.flow), "features": features}, optim=cfg.optim)
+def test_every_flow_config_instantiates_for_either_stage(compose_config, flow, features):
+    cfg = compose_config("distill", [f"flow@teacher.flow={flow}", f"flow@student.flow={flow}"])
+    assert cfg.teacher.flow == cfg.student.flow
+    module = TeacherModule(flow={**plain(cfg.teacher.flow), "features": features})
     assert module.features == features
 
 
 @pytest.mark.parametrize("config", ["teacher", "student", "distill"])
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
 @pytest.mark.parametrize("logger", ["wandb", "csv", "tensorboard", "none"])
-def test_entry_point_configs_compose(compose_config, config, trainer, logger):
-    overrides = [f"trainer={trainer}", f"logger={logger}"]
+def test_entry_point_configs_compose(compose_config, tmp_path, config, trainer, logger):
+    overrides = [f"trainer@teacher.trainer={trainer}", f"trainer@student.trainer={trainer}"]
+    overrides.append(f"logger={logger}")
     if config == "student":
         overrides.append("teacher.ckpt=/nonexistent.ckpt")
     cfg = compose_config(config, overrides)
-    assert cfg.trainer.default_root_dir == cfg.paths.output_dir
-    callbacks = [instantiate(spec) for spec in cfg.callbacks.values()]
-    assert any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
+    assert {"teacher", "student"} <= set(cfg)
+    if trainer == "cpu":
+        built = build_trainer(cfg.student, [], tmp_path / "stage")
+        assert built.default_root_dir == str(tmp_path / "stage")
+        assert built.checkpoint_callback.dirpath == str(tmp_path / "stage" / "checkpoints")
+
+
+def test_a_directory_set_in_the_config_is_used(compose_config, tmp_path):
+    cfg = compose_config(
+        "teacher", [f"teacher.callbacks.model_checkpoint.dirpath={tmp_path / 'mine'}"]
+    )
+    built = build_trainer(cfg.teacher, [], tmp_path / "stage")
+    assert built.checkpoint_callback.dirpath == str(tmp_path / "mine")
+
+
+def test_stages_read_their_own_nodes(compose_config):
+    cfg = compose_config(
+        "distill",
+        ["teacher.optim.lr=0.5", "student.trainer.max_steps=7", "optim@student.optim=adamw"],
+    )
+    assert cfg.teacher.optim.lr == 0.5 and cfg.student.optim.lr == 3e-4
+    assert cfg.student.trainer.max_steps == 7 and cfg.teacher.trainer.max_steps == 3000
+    assert cfg.student.optim.name == "adamw" and cfg.teacher.optim.name == "adam"
+
+
+def test_a_key_that_does_not_exist_is_refused(compose_config):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="stages"):
+        compose_config("distill", ["stages.teacher.max_steps=10"])
 
 
 @pytest.mark.parametrize(
@@ -48,8 +90,8 @@ def test_entry_point_configs_compose(compose_config, config, trainer, logger):
 def test_loss_configs_build_objectives(compose_config, loss):
     from distill.losses import DistillationObjective
 
-    cfg = compose_config("student", [f"loss={loss}", "teacher.ckpt=x"])
-    assert DistillationObjective(**plain(cfg.loss)).terms
+    cfg = compose_config("student", [f"loss@student.loss={loss}", "teacher.ckpt=x"])
+    assert DistillationObjective(**plain(cfg.student.loss)).terms
 
 
 def test_unknown_group_value_names_the_allowed_values(compose_config):
@@ -60,18 +102,46 @@ def test_unknown_group_value_names_the_allowed_values(compose_config):
 
 
 def test_bad_flow_value_is_a_short_error_naming_the_key(compose_config):
-    cfg = compose_config("teacher", ["flow.hidden_features=[-4,8]"])
-    with pytest.raises(
-        ValueError, match=r"invalid config `flow` .*hidden_features must be positive"
-    ):
-        TeacherModule(flow={**plain(cfg.flow), "features": 2})
+    cfg = compose_config("teacher", ["teacher.flow.hidden_features=[-4,8]"])
+    with pytest.raises(ValueError, match=r"`teacher.flow`.*hidden_features must be positive"):
+        TeacherModule(flow={**plain(cfg.teacher.flow), "features": 2})
 
 
-@pytest.mark.parametrize(
-    "experiment", ["moons", "siggraph", "8gaussians", "checkerboard", "digits"]
-)
-def test_experiment_configs_compose_and_build(compose_config, experiment):
-    cfg = compose_config("teacher", [f"experiment={experiment}"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("config", ["teacher", "student", "distill"])
+def test_experiment_configs_compose_for_every_entry_point(compose_config, experiment, config):
+    overrides = [f"experiment={experiment}"]
+    if config == "student":
+        overrides.append("teacher.ckpt=x")
+    cfg = compose_config(config, overrides)
     assert cfg.data.name == experiment
-    module = TeacherModule(flow={**plain(cfg.flow), "features": 2}, optim=cfg.optim)
-    assert module.model_flow.features == 2
+    module = TeacherModule(flow={**plain(cfg.teacher.flow), "features": 2})
+    assert module.flow.features == 2
+
+
+TINY = [
+    "teacher.trainer.max_steps=3",
+    "teacher.trainer.check_val_every_n_epoch=1",
+    "student.trainer.max_steps=2",
+    "student.evaluation.num_kl_samples=200",
+    "student.evaluation.num_timing_samples=8",
+    "logger=none",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_through_distill(compose_config, tmp_path, experiment):
+    overrides = [f"experiment={experiment}", *TINY]
+    if experiment == "digits":  # early stopping needs a validation: one epoch is 9 steps
+        overrides.append("teacher.trainer.max_steps=10")
+    else:
+        overrides += ["data.num_train=600", "data.num_val=100", "data.num_test=100"]
+    cfg = compose_config("distill", overrides)
+    composed = OmegaConf.to_yaml(cfg)
+    metrics = run_pipeline(cfg)
+    assert OmegaConf.to_yaml(cfg) == composed  # nothing edited the composed config
+    assert metrics["student/global_step"] == 2
+    assert metrics["teacher/global_step"] == cfg.teacher.trainer.max_steps
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["student/kl_trimmed_mean"] == pytest.approx(metrics["student/kl_trimmed_mean"])

@@ -11,15 +11,10 @@ import lightning as L
 import pytest
 import torch
 
-from distill.cli.student import distill_student
-from distill.cli.teacher import train_teacher
+from distill.cli.student import run as run_student
+from distill.cli.teacher import run as run_teacher
 
-DDP = [
-    "trainer=ddp",
-    "trainer.strategy=ddp_fork",
-    "trainer.accelerator=cpu",
-    "trainer.devices=2",
-    "trainer.enable_progress_bar=false",
+DATA = [
     "logger=none",
     "data=moons",
     "data.num_train=2048",
@@ -27,6 +22,17 @@ DDP = [
     "data.num_test=512",
     "data.batch_size=128",
 ]
+
+
+def ddp(stage: str) -> list[str]:
+    """Overrides for a 2-rank ``ddp_fork`` run of ``stage`` on CPU."""
+    return [
+        f"trainer@{stage}.trainer=ddp",
+        f"{stage}.trainer.strategy=ddp_fork",
+        f"{stage}.trainer.accelerator=cpu",
+        f"{stage}.trainer.devices=2",
+        *DATA,
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +58,15 @@ class NoiseProbe(L.Callback):
 
 def test_teacher_with_batch_norm_trains_under_ddp(compose_config, tmp_path):
     cfg = compose_config(
-        "teacher", [*DDP, "flow=maf_bn", "flow.hidden_features=[32,32]", "trainer.max_steps=12"]
+        "teacher",
+        [
+            *ddp("teacher"),
+            "flow@teacher.flow=maf_bn",
+            "teacher.flow.hidden_features=[32,32]",
+            "teacher.trainer.max_steps=12",
+        ],
     )
-    metrics = train_teacher(cfg)
+    metrics = run_teacher(cfg)
     assert metrics["teacher/global_step"] == 12
     assert torch.isfinite(torch.tensor(metrics["teacher/test_nll"]))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["teacher/global_step"] == 12
@@ -64,33 +76,30 @@ def test_student_ranks_draw_different_noise(compose_config, tmp_path):
     teacher_cfg = compose_config(
         "teacher",
         [
-            "data=moons",
-            "data.num_train=2048",
-            "trainer.max_steps=10",
-            "logger=none",
-            "flow.hidden_features=[16,16]",
-            "trainer.enable_progress_bar=false",
+            *DATA,
+            "teacher.trainer.max_steps=10",
+            "teacher.flow.hidden_features=[16,16]",
         ],
         output_dir=tmp_path / "teacher",
     )
-    teacher = train_teacher(teacher_cfg)
+    teacher = run_teacher(teacher_cfg)
     probe = tmp_path / "probe"
     probe.mkdir()
     cfg = compose_config(
         "student",
         [
-            *DDP,
+            *ddp("student"),
             f"teacher.ckpt={teacher['teacher/checkpoint']}",
-            "student.hidden_features=[16,16]",
-            "trainer.max_steps=4",
-            "evaluation.num_kl_samples=1000",
-            "evaluation.num_timing_samples=10",
-            "+callbacks.probe._target_=tests.test_ddp.NoiseProbe",
-            f"+callbacks.probe.dirpath={probe}",
+            "student.flow.hidden_features=[16,16]",
+            "student.trainer.max_steps=4",
+            "student.evaluation.num_kl_samples=1000",
+            "student.evaluation.num_timing_samples=10",
+            "+student.callbacks.probe._target_=tests.test_ddp.NoiseProbe",
+            f"+student.callbacks.probe.dirpath={probe}",
         ],
         output_dir=tmp_path / "student",
     )
-    metrics = distill_student(cfg)
+    metrics = run_student(cfg)
     assert metrics["student/global_step"] == 4
     first, second = (torch.load(probe / f"noise_rank{r}.pt") for r in (0, 1))
     assert not torch.equal(first, second)

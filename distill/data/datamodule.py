@@ -56,7 +56,8 @@ def to_bits_per_dim(nll: float | Tensor, features: int) -> float | Tensor:
 class DensityDataModule(L.LightningDataModule):
     """Train/val/test data for density estimation.
 
-    After construction: ``name``, ``features`` (D), ``batch_size``, ``num_workers``,
+    After construction: ``name``, ``spec`` (the plain ``_target_`` spec that builds it again,
+    set by `distill.data.build_datamodule`), ``features`` (D), ``batch_size``, ``num_workers``,
     ``image_shape`` (``(H, W)`` for image data, else None), ``bits_per_dim`` (whether
     likelihoods are reported in bits/dim, see `to_bits_per_dim`) and ``preprocessing_config``
     (plain values: ``distill.flows.build_preprocessing(**preprocessing_config)`` rebuilds the
@@ -71,6 +72,7 @@ class DensityDataModule(L.LightningDataModule):
     """
 
     name: str
+    spec: dict | None = None
     image_shape: tuple[int, int] | None = None
     bits_per_dim: bool = False
 

@@ -49,7 +49,6 @@ class DigitsDataModule(DensityDataModule):
         num_workers: int = 0,
     ):
         super().__init__(64, batch_size, num_workers)
-        self.save_hyperparameters()
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.seed = seed
         self.logit_alpha = logit_alpha

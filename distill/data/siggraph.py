@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -141,15 +142,9 @@ class SiggraphDataModule(GeneratedDataModule):
         text: str = "SIGGRAPH",
         width: float = 4.6,
         height: float = 0.7,
-        num_train: int = 20_000,
-        num_val: int = 2_000,
-        num_test: int = 5_000,
-        seed: int = 0,
-        batch_size: int = 256,
-        num_workers: int = 0,
+        **splits: Any,
     ):
-        super().__init__(2, num_train, num_val, num_test, seed, batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(2, **splits)
         self.glyphs = glyphs(text, width, height)
 
     def _sample(self, num_samples: int, rng: np.random.RandomState) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.datasets import make_circles, make_moons
@@ -213,22 +213,17 @@ TOYS = {
 
 
 class ToyDataModule(GeneratedDataModule):
-    """One of the FFJORD toys (`TOYS`): 2-D, each split an independent draw of its size."""
+    """One of the FFJORD toys (`TOYS`): 2-D, each split an independent draw of its size
+    (``splits``: the sizes, seed and loader options of `GeneratedDataModule`)."""
 
     def __init__(
         self,
         name: str,
-        num_train: int = 20_000,
-        num_val: int = 2_000,
-        num_test: int = 5_000,
-        seed: int = 0,
-        batch_size: int = 256,
-        num_workers: int = 0,
+        **splits: Any,
     ):
         if name not in TOYS:
             raise ValueError(f"unknown toy data set {name!r}: choose one of {sorted(TOYS)}")
-        super().__init__(2, num_train, num_val, num_test, seed, batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(2, **splits)
         self.name = name
 
     def _sample(self, num_samples: int, rng: np.random.RandomState) -> np.ndarray:
@@ -247,17 +242,11 @@ class MoonsDataModule(GeneratedDataModule):
     def __init__(
         self,
         noise: float = 0.05,
-        num_train: int = 20_000,
-        num_val: int = 2_000,
-        num_test: int = 5_000,
-        seed: int = 0,
-        batch_size: int = 256,
-        num_workers: int = 0,
+        **splits: Any,
     ):
         if noise <= 0:
             raise ValueError(f"moons noise must be positive (its entropy is finite), got {noise}")
-        super().__init__(2, num_train, num_val, num_test, seed, batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(2, **splits)
         self.noise = noise
 
     def _sample(self, num_samples: int, rng: np.random.RandomState) -> np.ndarray:

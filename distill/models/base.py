@@ -1,16 +1,20 @@
-"""What the teacher and the student modules share: optimizer set-up, gradient-norm logging,
-and the guard that stops non-finite training with a usable checkpoint."""
+"""What the teacher and the student modules share: the preprocessing that maps their model space
+to the data's, optimizer set-up, gradient-norm logging, the guard that stops non-finite training
+with a usable checkpoint, and loading for inference."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
+from distill.flows import Bijector
 from distill.models.optim import build_optimizer
+from distill.spec import build_from_spec
 
 
 @contextmanager
@@ -30,8 +34,40 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 class FlowModule(L.LightningModule):
-    """Base of the distill modules. Subclasses set ``self.hparams.optim`` (plain values, see
-    `build_optimizer`) and return their loss from ``training_step``."""
+    """Base of the distill modules: flows in a model space, mapped to the data's own space by a
+    fixed ``preprocessing`` bijector (forward: model -> data; None for the identity).
+
+    Subclasses save ``optim`` (plain values, see `build_optimizer`) among their hyper-parameters,
+    return their loss from ``training_step`` and log ``{stage}/loss`` in ``evaluate(batch,
+    stage)``, the objective that checkpoints select on.
+    """
+
+    def __init__(self, preprocessing: Mapping[str, Any] | None):
+        super().__init__()
+        self.preprocessing: Bijector | None = (
+            build_from_spec(preprocessing, "preprocessing") if preprocessing else None
+        )
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's loader, returning the module in eval mode, ready for inference (in
+        training mode a BatchNorm bijector would use batch statistics and update its running
+        ones on every call). Resuming training goes through the Trainer, which sets train mode."""
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs).eval()
+
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Data ``(..., D)`` -> model space ``(..., D)`` (the preprocessing's inverse)."""
+        return x if self.preprocessing is None else self.preprocessing.inverse(x)[0]
+
+    def evaluate(self, batch: torch.Tensor, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.evaluate(batch, "test")
 
     def configure_optimizers(self):
         return build_optimizer(
@@ -56,7 +92,7 @@ class FlowModule(L.LightningModule):
                 f"training became non-finite at global step {self.global_step} (gradient norm "
                 f"{norm.item()}). The last finite weights and optimizer state are in {path}. "
                 "Lower optim.lr, tighten trainer.gradient_clip_val or the flow's "
-                "log_scale_bound, then resume with ckpt_path=" + str(path)
+                "log_scale_bound, then resume from " + str(path)
             )
 
     def on_train_end(self) -> None:
@@ -64,7 +100,7 @@ class FlowModule(L.LightningModule):
         that resuming from it continues exactly where training stopped."""
         callback = self.trainer.checkpoint_callback
         if callback is not None and callback.save_last and callback.dirpath:
-            self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+            self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
 
     def _save_rescue_checkpoint(self) -> Path:
         callback = self.trainer.checkpoint_callback
@@ -74,5 +110,5 @@ class FlowModule(L.LightningModule):
             else self.trainer.default_root_dir
         )
         path = directory / "last.ckpt"
-        self.trainer.save_checkpoint(path)
+        self.trainer.save_checkpoint(path, weights_only=False)
         return path

@@ -9,7 +9,18 @@ from typing import Any
 import torch
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULES = ("cosine", "constant")
+
+
+def _cosine(progress: float, floor: float) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _constant(progress: float, floor: float) -> float:
+    return 1.0
+
+
+#: Learning-rate factor after warm-up, by name: ``(progress in [0, 1], floor) -> factor``.
+SCHEDULES = {"cosine": _cosine, "constant": _constant}
 
 
 def build_optimizer(
@@ -23,10 +34,10 @@ def build_optimizer(
     """
     name = optim.get("name", "adam")
     if name not in OPTIMIZERS:
-        raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+        raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     schedule = optim.get("schedule", "cosine")
     if schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     lr = float(optim.get("lr", 1e-3))
     if lr <= 0:
         raise ValueError(f"optim.lr must be positive, got {lr}")
@@ -37,13 +48,12 @@ def build_optimizer(
     floor = float(optim.get("min_lr_ratio", 0.0))
     total = max(int(total_steps), 1)
 
+    after_warmup = SCHEDULES[schedule]
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return after_warmup(min((step - warmup) / max(total - warmup, 1), 1.0), floor)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {

@@ -31,7 +31,7 @@ def test_unknown_option_lists_the_allowed_ones():
         build_datamodule("rings", noise=0.1)
 
 
-def test_attributes_before_setup_and_plain_hyperparameters():
+def test_attributes_before_setup_and_the_spec_that_rebuilds_it():
     module = build_datamodule("checkerboard", seed=5, **SMALL)
     assert (module.name, module.features, module.batch_size, module.num_workers) == (
         "checkerboard",
@@ -41,12 +41,20 @@ def test_attributes_before_setup_and_plain_hyperparameters():
     )
     assert module.train_data is None and module.preprocessing is None
     assert module.preprocessing_config == {"features": 2}
-    assert dict(module.hparams) == {"name": "checkerboard", "seed": 5, "num_workers": 0, **SMALL}
+    # the data's options stay out of Lightning's hparams (loggers would show them as top-level
+    # keys); the spec that rebuilds the module is plain values
+    assert dict(module.hparams) == {}
+    assert module.spec == {
+        "_target_": "distill.data.build_datamodule",
+        "name": "checkerboard",
+        "seed": 5,
+        **SMALL,
+    }
 
 
 def test_hydra_instantiates_from_target():
     module = instantiate({"_target_": "distill.data.MoonsDataModule", "noise": 0.1, **SMALL})
-    assert isinstance(module, MoonsDataModule) and module.hparams["noise"] == 0.1
+    assert isinstance(module, MoonsDataModule) and module.noise == 0.1
     module = instantiate({"_target_": "distill.data.build_datamodule", "name": "rings", **SMALL})
     assert module.name == "rings"
 

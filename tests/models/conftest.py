@@ -4,7 +4,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from distill.cli.teacher import train_teacher
+from distill.cli.teacher import run as run_teacher
 
 SMALL_MOONS = [
     "data=moons",
@@ -12,13 +12,11 @@ SMALL_MOONS = [
     "data.num_val=1000",
     "data.num_test=2000",
     "data.batch_size=256",
-    "flow.num_layers=4",
-    "flow.hidden_features=[64,64]",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=20",
-    "trainer.max_steps=300",
-    "trainer.enable_progress_bar=false",
-    "callbacks.figures.every_n_epochs=5",
+    "teacher.flow.num_layers=4",
+    "teacher.flow.hidden_features=[64,64]",
+    "teacher.optim.lr=3e-3",
+    "teacher.optim.warmup_steps=20",
+    "teacher.trainer.max_steps=300",
 ]
 
 
@@ -35,6 +33,6 @@ def trained_teacher(tmp_path_factory):
     with initialize_config_module("distill.conf", version_base="1.3"):
         cfg = compose("teacher", [*SMALL_MOONS, f"paths.output_dir={root / 'run'}"])
     GlobalHydra.instance().clear()
-    metrics = train_teacher(cfg)
+    metrics = run_teacher(cfg)
     yield cfg, metrics, root / "run"
     env.undo()

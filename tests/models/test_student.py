@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.cli.student import distill_student, load_teacher
+from distill.cli.student import run as run_student
 from distill.models import StudentModule
+from distill.stages import load_teacher
 
 STUDENT = [
-    "student.num_layers=4",
-    "student.hidden_features=[64,64]",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=20",
-    "trainer.max_steps=300",
-    "trainer.enable_progress_bar=false",
-    "callbacks.figures.every_n_epochs=0",
-    "evaluation.num_kl_samples=20000",
-    "evaluation.num_timing_samples=500",
+    "student.flow.num_layers=4",
+    "student.flow.hidden_features=[64,64]",
+    "student.optim.lr=3e-3",
+    "student.optim.warmup_steps=20",
+    "student.trainer.max_steps=300",
+    "student.evaluation.num_kl_samples=20000",
+    "student.evaluation.num_timing_samples=500",
     "data.num_train=4096",
     "data.num_val=1000",
     "data.num_test=2000",
@@ -50,8 +49,8 @@ def distilled(trained_teacher, tmp_path_factory):
             ],
         )
     GlobalHydra.instance().clear()
-    before = {k: v.clone() for k, v in load_teacher(ckpt).model_flow.state_dict().items()}
-    metrics = distill_student(cfg)
+    before = {k: v.clone() for k, v in load_teacher(ckpt).flow.state_dict().items()}
+    metrics = run_student(cfg)
     return metrics, teacher_metrics, root, before
 
 
@@ -69,9 +68,9 @@ def test_short_distillation_on_moons_meets_kl_and_coverage(distilled):
 def test_teacher_is_frozen_during_distillation(distilled):
     metrics, _, _, before = distilled
     student = StudentModule.load_from_checkpoint(metrics["student/checkpoint"])
-    after = student.teacher_flow.state_dict()
+    after = student.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(p.requires_grad for p in student.teacher_flow.parameters())
+    assert not any(p.requires_grad for p in student.teacher.parameters())
 
 
 def test_run_directory_has_metrics_report_and_figures(distilled):
@@ -83,6 +82,14 @@ def test_run_directory_has_metrics_report_and_figures(distilled):
         "student/kl_median",
         "student/kl_trimmed_mean",
         "student/kl_tail_fraction",
+        "student/kl_p99",
+        "student/kl_p999",
+        "student/kl_max",
+        "student/kl_nonfinite_fraction",
+        "student/coverage_margin",
+        "student/parameters",
+        "teacher/parameters",
+        "sampling/speedup_q25",
         "teacher/test_nll",
         "student/test_nll",
         "student/test_nll_median",
@@ -112,6 +119,7 @@ def test_missing_teacher_checkpoint_is_a_one_line_error(tmp_path):
     result = run_cli(
         "distill-student",
         f"teacher.ckpt={tmp_path}/nope.ckpt",
+        "data=moons",
         f"hydra.run.dir={tmp_path}/run",
         cwd=tmp_path,
     )
@@ -132,14 +140,14 @@ def test_teacher_that_does_not_match_the_data_is_refused(trained_teacher, compos
     cfg = compose_config(
         "student", ["data=digits", f"teacher.ckpt={run / 'checkpoints' / 'best.ckpt'}"]
     )
-    with pytest.raises(ValueError, match="trained on 2-dimensional data .* is 64-dimensional"):
-        distill_student(cfg)
+    with pytest.raises(ValueError, match="trained on data `moons` .* pass data=moons"):
+        run_student(cfg)
 
 
 def test_student_that_does_not_match_the_teacher_is_refused(trained_teacher):
     _, _, run = trained_teacher
     teacher = load_teacher(run / "checkpoints" / "best.ckpt")
-    with pytest.raises(ValueError, match="student acts on 3 dimensions but the teacher on 2"):
+    with pytest.raises(ValueError, match="the student acts on 3 dimensions but the teacher on 2"):
         StudentModule.from_teacher(
             teacher,
             student={"_target_": "distill.flows.build_iaf", "features": 3},
@@ -153,12 +161,11 @@ def test_distill_end_to_end_with_tiny_step_counts(tmp_path):
         "distill",
         "data=moons",
         "data.num_train=2048",
-        "stages.teacher.max_steps=40",
-        "stages.student.max_steps=20",
-        "evaluation.num_kl_samples=2000",
-        "evaluation.num_timing_samples=100",
+        "teacher.trainer.max_steps=40",
+        "student.trainer.max_steps=20",
+        "student.evaluation.num_kl_samples=2000",
+        "student.evaluation.num_timing_samples=100",
         "logger=csv",
-        "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run}",
         cwd=tmp_path,
     )
@@ -173,7 +180,10 @@ def test_distill_end_to_end_with_tiny_step_counts(tmp_path):
     report = (run / "report.md").read_text()
     assert "teacher" in report and "student" in report
     images = list(run.rglob("*.png"))
-    assert {p.name for p in images} >= {"teacher_samples.png", "samples.png", "taffy.png"}
+    assert {p.name for p in images} == {"samples.png", "densities.png", "taffy.png"}
+    assert (run / "teacher" / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "student" / "checkpoints" / "best.ckpt").is_file()
+    assert "Overrides: `data=moons" in report
     for image in images:
         assert image.resolve().is_relative_to(run.resolve())
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "outputs").exists()

@@ -12,9 +12,11 @@ import lightning as L
 import pytest
 import torch
 
-from distill.cli.teacher import build_datamodule, train_teacher
+from distill.cli.teacher import run as run_teacher
 from distill.models import TeacherModule
 from distill.models.base import NonFiniteTrainingError
+from distill.spec import plain
+from distill.stages import build_datamodule
 from tests.models.conftest import SMALL_MOONS
 
 
@@ -56,7 +58,7 @@ def read_wandb_summary(run_dir: Path, timeout: float = 60.0) -> dict:
 
 def test_short_training_beats_a_gaussian_clearly(trained_teacher):
     cfg, metrics, _ = trained_teacher
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(plain(cfg.data))
     baseline = gaussian_nll(datamodule.train_data, datamodule.test_data)
     # Measured: Gaussian ~1.98 nats, this 300-step MAF ~0.7-0.9 nats (entropy 0.289).
     assert metrics["teacher/test_nll"] < baseline - 0.5
@@ -74,9 +76,9 @@ def test_run_directory_holds_everything(trained_teacher):
     assert (run / "checkpoints" / "best.ckpt").is_file() and (
         run / "checkpoints" / "last.ckpt"
     ).is_file()
-    assert (run / "plots" / "teacher_samples.png").is_file() and (
-        run / "plots" / "teacher_density.png"
-    ).is_file()
+    assert (run / "plots" / "samples.png").is_file() and (run / "plots" / "densities.png").is_file()
+    report = (run / "report.md").read_text()
+    assert report.startswith("# distill report") and "plots/samples.png" in report
     assert not Path("lightning_logs").exists() or Path("lightning_logs").resolve().is_relative_to(
         run
     )
@@ -102,9 +104,9 @@ def test_best_checkpoint_alone_reproduces_the_test_nll(trained_teacher):
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["flow"]["_target_"] == "distill.flows.build_maf"
     teacher = TeacherModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
-    test_data = build_datamodule(cfg).test_data
+    test_data = build_datamodule(plain(cfg.data)).test_data
     with torch.no_grad():
-        nll = -teacher.flow.log_prob(test_data).mean().item()
+        nll = -teacher(test_data).mean().item()
     assert nll == pytest.approx(metrics["teacher/test_nll"], abs=1e-4)
 
 
@@ -117,13 +119,13 @@ def test_resume_continues_at_the_saved_global_step(trained_teacher, compose_conf
         "teacher",
         [
             *SMALL_MOONS,
-            "trainer.max_steps=340",
+            "teacher.trainer.max_steps=340",
             "logger=csv",
-            f"ckpt_path={last}",
-            "+callbacks.probe._target_=tests.models.test_teacher.StepProbe",
+            f"teacher.resume={last}",
+            "+teacher.callbacks.probe._target_=tests.models.test_teacher.StepProbe",
         ],
     )
-    metrics = train_teacher(cfg)
+    metrics = run_teacher(cfg)
     assert StepProbe.start_steps == [saved_step] and saved_step == 300
     assert metrics["teacher/global_step"] == 340
 
@@ -140,7 +142,7 @@ def test_non_finite_training_stops_with_a_usable_checkpoint(
     monkeypatch.setattr(TeacherModule, "training_step", poisoned)
     cfg = compose_config("teacher", [*SMALL_MOONS, "logger=none"])
     with pytest.raises(NonFiniteTrainingError, match="non-finite at global step 7.*last.ckpt"):
-        train_teacher(cfg)
+        run_teacher(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 7
@@ -148,7 +150,7 @@ def test_non_finite_training_stops_with_a_usable_checkpoint(
         torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
     )
     teacher = TeacherModule.load_from_checkpoint(last)
-    assert torch.isfinite(teacher.flow.log_prob(torch.randn(10, 2))).all()
+    assert torch.isfinite(teacher(torch.randn(10, 2))).all()
 
 
 def test_multirun_sweep_writes_one_run_directory_per_job(tmp_path):
@@ -158,10 +160,9 @@ def test_multirun_sweep_writes_one_run_directory_per_job(tmp_path):
             str(executable),
             "-m",
             "data=moons",
-            "flow=maf,realnvp",
+            "flow@teacher.flow=maf,realnvp",
             "data.num_train=1024",
-            "trainer.max_steps=5",
-            "trainer.enable_progress_bar=false",
+            "teacher.trainer.max_steps=5",
             "logger=csv",
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],

@@ -1,0 +1,166 @@
+"""The two stages of a run, from the composed config to results: train a teacher, distill a
+student. Each returns its module, metrics and figures; the entry points write them to disk once
+(`distill.report.write_run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from distill.data import DensityDataModule
+from distill.evaluate import evaluate_distillation, test_nll
+from distill.figures import flow_figures, taffy
+from distill.flows import in_data_space
+from distill.models import StudentModule, TeacherModule
+from distill.spec import build_from_spec, plain
+from distill.training import finish_loggers, fit
+
+
+@dataclass
+class StageResult:
+    """What a stage leaves: the trained module (best checkpoint, eval mode), its metrics and
+    figures. Only the global-zero process of a distributed run evaluates: elsewhere the
+    metrics hold the training facts alone and there are no figures."""
+
+    module: TeacherModule | StudentModule
+    metrics: dict[str, Any]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    is_global_zero: bool = True
+
+
+def build_datamodule(spec: dict[str, Any]) -> DensityDataModule:
+    """The data module of a plain ``data`` spec, set up (splits made, preprocessing fitted)."""
+    datamodule = build_from_spec(spec, "data")
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _data_metrics(datamodule: DensityDataModule, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``data/entropy`` and each model's ``excess_nll`` (test NLL - entropy) where it is known."""
+    if datamodule.entropy is None:
+        return {}
+    extra: dict[str, Any] = {"data/entropy": datamodule.entropy}
+    for role in ("teacher", "student"):
+        if f"{role}/test_nll" in metrics:
+            extra[f"{role}/excess_nll"] = metrics[f"{role}/test_nll"] - datamodule.entropy
+    return extra
+
+
+def parameter_count(module) -> int:
+    """The number of trainable values of a flow (its learned weights; no buffers)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
+    """The ``teacher`` stage: maximum likelihood on ``cfg.data``; metrics on the test split."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(plain(cfg.data))
+    module = TeacherModule.from_datamodule(datamodule, cfg.teacher.flow, cfg.teacher.optim)
+    trainer, loggers, module, metrics = fit(cfg, "teacher", module, datamodule, stage_dir)
+    result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
+    if trainer.is_global_zero:
+        teacher = in_data_space(module.flow, module.preprocessing)
+        metrics.update(test_nll(teacher, datamodule.test_data, "teacher")[0])
+        metrics.update(_data_metrics(datamodule, metrics))
+        metrics["teacher/parameters"] = parameter_count(module.flow)
+        result.figures = flow_figures(
+            {"teacher": teacher},
+            datamodule.test_data,
+            {"teacher": metrics["teacher/test_nll"]},
+            datamodule.image_shape,
+        )
+    finish_loggers(
+        loggers, metrics, result.figures, metrics["teacher/global_step"], "teacher/test_nll"
+    )
+    return result
+
+
+def load_teacher(path: str | Path) -> TeacherModule:
+    """A trained teacher from its checkpoint (eval mode), with one-line errors for a missing,
+    corrupt or foreign file."""
+    path = Path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint {path} does not exist: pass teacher.ckpt=<path to a .ckpt "
+            "written by distill-teacher> (e.g. <run dir>/checkpoints/best.ckpt)"
+        )
+    try:
+        return TeacherModule.load_from_checkpoint(path, map_location="cpu")
+    except Exception as error:
+        message = str(error).splitlines()[0][:200] if str(error) else "no message"
+        raise ValueError(
+            f"cannot load teacher checkpoint {path}: it is corrupt or not written by "
+            f"distill-teacher ({type(error).__name__}: {message})"
+        ) from error
+
+
+def student_datamodule(cfg: DictConfig, teacher: TeacherModule) -> DensityDataModule:
+    """The data to validate and test a student on: ``cfg.data``, which must be the data set the
+    teacher was trained on (its sizes and seed may differ) and of the teacher's dimension."""
+    datamodule = build_datamodule(plain(cfg.data))
+    trained_on = teacher.hparams.data.get("name")
+    if trained_on is not None and datamodule.name != trained_on:
+        raise ValueError(
+            f"the teacher was trained on data `{trained_on}` but this run's data is "
+            f"`{datamodule.name}`: pass data={trained_on} (or the teacher's experiment=...)"
+        )
+    if datamodule.features != teacher.features:
+        raise ValueError(
+            f"the teacher was trained on {teacher.features}-dimensional data but data "
+            f"`{datamodule.name}` is {datamodule.features}-dimensional: use the teacher's data"
+        )
+    return datamodule
+
+
+def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) -> StageResult:
+    """The ``student`` stage: distill ``teacher`` into the student of ``cfg.student``;
+    metrics of the student against the teacher on the test split."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = student_datamodule(cfg, teacher)
+    stage = cfg.student
+    module = StudentModule.from_teacher(
+        teacher,
+        student={**plain(stage.flow), "features": teacher.features},
+        loss=stage.loss,
+        optim=stage.optim,
+        ema_decay=stage.ema_decay,
+        init=stage.init,
+        seed=cfg.seed,
+    )
+    trainer, loggers, module, metrics = fit(cfg, "student", module, datamodule, stage_dir)
+    result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
+    if trainer.is_global_zero:
+        metrics.update(
+            evaluate_distillation(
+                module.inference_student,
+                module.teacher,
+                datamodule.test_data,
+                module.preprocessing,
+                num_kl_samples=stage.evaluation.num_kl_samples,
+                num_timing_samples=stage.evaluation.num_timing_samples,
+            )
+        )
+        metrics.update(_data_metrics(datamodule, metrics))
+        metrics["student/init"] = stage.init
+        metrics["teacher/parameters"] = parameter_count(module.teacher)
+        metrics["student/parameters"] = parameter_count(module.student)
+        flows = {
+            role: in_data_space(flow, module.preprocessing)
+            for role, flow in (("teacher", module.teacher), ("student", module.inference_student))
+        }
+        result.figures = flow_figures(
+            flows,
+            datamodule.test_data,
+            {role: metrics[f"{role}/test_nll"] for role in flows},
+            datamodule.image_shape,
+        )
+        if teacher.features == 2:
+            result.figures["taffy"] = taffy(module.inference_student, module.preprocessing)
+    step = metrics["student/global_step"]
+    finish_loggers(loggers, metrics, result.figures, step, "student/kl_trimmed_mean")
+    return result

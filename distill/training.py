@@ -1,0 +1,198 @@
+"""From a stage's config to a fitted module: loggers, callbacks and the Trainer, built from the
+composed config (never edited), each placed in the stage's directory where the config leaves
+its directory unset (``null``)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+from distill.plots import figure_to_array
+
+# Lightning 2.6 builds a torch LeafSpec for every dataloader, which torch 2.13 deprecates: a
+# warning on every run that no argument avoids. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def _placed(spec: DictConfig | Mapping, **defaults: Any) -> dict[str, Any]:
+    """A plain copy of ``spec`` with each key of ``defaults`` filled in where the config leaves
+    it unset (``null``); a value the user set is kept."""
+    plain = (
+        OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    )
+    for key, value in defaults.items():
+        if plain.get(key) is None:
+            plain[key] = value
+    return plain
+
+
+def run_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra job (empty outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def _run_group() -> str | None:
+    """The W&B group of this run: the sweep directory of a multirun, else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return hydra.sweep.dir if hydra.mode.name == "MULTIRUN" else None
+
+
+def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
+    """The loggers of ``cfg.logger`` (name -> spec), writing into ``stage_dir``. W&B runs
+    offline unless told otherwise, named after the stage and the run's overrides, grouped by
+    sweep, with the stage as job type; if it cannot start, the run falls back to a CSV logger
+    with a warning instead of crashing or hanging."""
+    loggers: list[Logger] = []
+    overrides = run_overrides()
+    for name, spec in (cfg.get("logger") or {}).items():
+        if spec is None:
+            continue
+        if "wandb" in spec.get("_target_", "").lower():
+            loggers.append(_wandb_logger(name, spec, stage, stage_dir, overrides))
+        else:
+            loggers.append(instantiate(_placed(spec, save_dir=str(stage_dir))))
+    return loggers
+
+
+def _wandb_logger(
+    name: str, spec: DictConfig, stage: str, stage_dir: Path, overrides: list[str]
+) -> Logger:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's console chatter: WANDB_SILENT=false
+    placed = _placed(
+        spec,
+        save_dir=str(stage_dir),
+        name=" ".join([stage, *overrides]),
+        group=_run_group(),
+        job_type=stage,
+    )
+    try:
+        logger = instantiate(placed)
+        logger.experiment  # noqa: B018  (starts the run now, where a failure can be caught)
+    except Exception as error:
+        warnings.warn(
+            f"W&B logger `{name}` could not start ({error}); logging to CSV instead. "
+            "Offline mode (logger.wandb.offline=true) needs no network or account.",
+            stacklevel=1,
+        )
+        logger = CSVLogger(str(stage_dir), name="csv")
+    return logger
+
+
+def build_trainer(stage_cfg: DictConfig, loggers: list[Logger], stage_dir: Path) -> L.Trainer:
+    """The stage's Trainer and callbacks; checkpoints go to ``stage_dir/checkpoints`` unless the
+    config names a directory, and progress bars show only on a terminal unless set."""
+    callbacks = []
+    for spec in (stage_cfg.get("callbacks") or {}).values():
+        if spec is None:
+            continue
+        placed = _placed(spec)
+        if placed.get("_target_", "").endswith("ModelCheckpoint"):
+            placed = _placed(placed, dirpath=str(stage_dir / "checkpoints"))
+        callbacks.append(instantiate(placed))
+    trainer = _placed(
+        stage_cfg.trainer,
+        default_root_dir=str(stage_dir),
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    return instantiate(trainer, logger=loggers or False, callbacks=callbacks)
+
+
+def fit(
+    cfg: DictConfig,
+    stage: str,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    stage_dir: Path,
+) -> tuple[L.Trainer, list[Logger], L.LightningModule, dict[str, Any]]:
+    """Fit ``module`` with the Trainer of ``cfg[stage]`` (resuming from ``cfg[stage].resume``
+    if set), logging the resolved config, then reload the best checkpoint in eval mode.
+
+    Returns ``(trainer, loggers, best module, metrics)`` with ``{stage}/train_time_s``,
+    ``{stage}/global_step`` and ``{stage}/checkpoint`` in the metrics."""
+    stage_cfg = cfg[stage]
+    loggers = build_loggers(cfg, stage, stage_dir)
+    trainer = build_trainer(stage_cfg, loggers, stage_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=stage_cfg.get("resume"), weights_only=True)
+    metrics = {
+        f"{stage}/train_time_s": time.perf_counter() - start,
+        f"{stage}/global_step": final_global_step(trainer),
+    }
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback is not None else ""
+    if best:
+        module = type(module).load_from_checkpoint(best, map_location=module.device)
+    elif callback is not None and callback.dirpath:  # no validation ran: the final state
+        best = str(Path(callback.dirpath) / "last.ckpt")
+    metrics[f"{stage}/checkpoint"] = best
+    return trainer, loggers, module.eval(), metrics
+
+
+def final_global_step(trainer: L.Trainer) -> int:
+    """The global step training ended at. After ``ddp_spawn``/``ddp_fork`` the launching
+    process's Trainer still says 0, so read it from the final ``last.ckpt`` then."""
+    callback = trainer.checkpoint_callback
+    if trainer.global_step or callback is None or not callback.dirpath:
+        return trainer.global_step
+    last = Path(callback.dirpath) / "last.ckpt"
+    return torch.load(last, weights_only=True)["global_step"] if last.is_file() else 0
+
+
+def finish_loggers(
+    loggers: list[Logger],
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, Figure],
+    step: int,
+    main_metric: str,
+) -> None:
+    """Send the final metrics (to W&B's run summary too; TensorBoard's ``hp_metric`` is the
+    stage's ``main_metric``) and the figures to every logger, and close the runs. A logger that
+    fails here only warns: the results are written to the run directory anyway."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+    images = {name: figure_to_array(figure) for name, figure in figures.items()}
+    for logger in loggers:
+        try:
+            logger.log_metrics(numbers, step=step)
+            if isinstance(logger, WandbLogger):
+                for name, image in images.items():
+                    logger.log_image(key=f"plots/{name}", images=[image], step=step)
+                logger.experiment.summary.update(numbers)
+            elif isinstance(logger, TensorBoardLogger):
+                for name, image in images.items():
+                    logger.experiment.add_image(f"plots/{name}", image, step, dataformats="HWC")
+                if main_metric in numbers:
+                    logger.log_metrics({"hp_metric": numbers[main_metric]}, step=step)
+            logger.finalize("success")
+        except Exception as error:
+            warnings.warn(
+                f"logger {type(logger).__name__} could not record the final results ({error}); "
+                "they are in the run directory",
+                stacklevel=1,
+            )
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
