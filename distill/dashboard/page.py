@@ -33,15 +33,15 @@ h3 { font-size: 1em; margin: 1.2em 0 0.3em; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; white-space: nowrap; }
-th { background: #f2f2f2; position: sticky; top: 0; }
+th { background: #f2f2f2; white-space: normal; vertical-align: bottom; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: bold; background: #e6f4e6; }
 th.setting, td.setting { background: #f7f7fb; }
 tr.failed td { background: #fbeaea; color: #933; }
 .row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .plot img { max-width: 100%; }
-figure { margin: 0; }
-figure.run img { height: 220px; width: auto; border: 1px solid #eee; }
+figure { margin: 0; min-width: 0; max-width: 100%; }
+figure.run img { max-height: 220px; max-width: 100%; border: 1px solid #eee; }
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.35em;
           vertical-align: baseline; border-radius: 2px; }
 summary { cursor: pointer; }
