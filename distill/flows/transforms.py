@@ -177,20 +177,17 @@ class RationalQuadraticSpline(ElementwiseTransform):
         there (so the unused spline branch of the tails stays finite, gradients included) and
         the `_Bin` of each input, found among the knots' x (``by_output``) or u."""
         bound = self.tail_bound
-        u_knots, x_knots, derivatives = self.knots(params)
+        knots, derivatives = self._knot_table(params)
         shape = torch.broadcast_shapes(inputs.shape, params.shape[:-1])
         inside = (inputs >= -bound) & (inputs <= bound)
         clamped = inputs.clamp(-bound, bound).expand(shape)
-        search_knots = (x_knots if by_output else u_knots).expand(*shape, self.bins + 1)
+        search_knots = knots[int(by_output)].movedim(0, -1).contiguous()
         # right=True: a point on a knot belongs to the bin that starts there; +B to the last
-        index = torch.searchsorted(
-            search_knots.contiguous(), clamped.contiguous()[..., None], right=True
-        )
-        index = (index - 1).clamp(0, self.bins - 1)
-        ends = torch.cat([index, index + 1], dim=-1)  # (..., 2): left and right knot
-        u_left, u_right = u_knots.gather(-1, ends).unbind(-1)
-        x_left, x_right = x_knots.gather(-1, ends).unbind(-1)
-        d_left, d_right = derivatives.gather(-1, ends).unbind(-1)
+        index = torch.searchsorted(search_knots, clamped.contiguous()[..., None], right=True)
+        index = (index[..., 0] - 1).clamp(0, self.bins - 1)
+        ends = torch.stack([index, index + 1])  # (2, ...): the left and right knot
+        (u_left, u_right), (x_left, x_right) = knots.gather(1, ends.expand(2, *ends.shape))
+        d_left, d_right = derivatives.gather(0, ends)
         width, height = u_right - u_left, x_right - x_left
         slope = height / width
         curvature = d_left + d_right - 2 * slope
@@ -204,25 +201,25 @@ class RationalQuadraticSpline(ElementwiseTransform):
         """The spline's knots from its parameters ``(..., 3K - 1)``: their u-coordinates, their
         x-coordinates (both from exactly -B to exactly B) and the derivatives dx/du there (1
         at both ends), each ``(..., K + 1)``."""
-        widths, heights, raw_derivatives = params.split([self.bins, self.bins, self.bins - 1], -1)
+        knots, derivatives = self._knot_table(params)
+        u_knots, x_knots = knots.movedim(1, -1)
+        return u_knots, x_knots, derivatives.movedim(0, -1)
+
+    def _knot_table(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """The knots ``(2, K + 1, ...)`` (u then x) and derivatives ``(K + 1, ...)`` from the
+        parameters ``(..., 3K - 1)``, with the knot axis in front: softmax, cumsum and
+        gather then run along long contiguous rows (the batch and the dimensions), where
+        PyTorch's CPU kernels along a last axis of K = 8 are many times slower."""
+        bins, bound, minimum = self.bins, self.tail_bound, self.min_bin_size
+        raw_sizes, raw_derivatives = params.movedim(-1, 0).split([2 * bins, bins - 1])
+        raw_sizes = raw_sizes.unflatten(0, (2, bins))  # widths, heights
+        # bin sizes on [-B, B]: 2B (min + (1 - K min) softmax)
+        sizes = torch.softmax(raw_sizes, dim=1) * (2 * bound * (1 - minimum * bins))
+        inner = torch.cumsum(sizes[:, :-1] + 2 * bound * minimum, dim=1) - bound
+        # both ends set, not summed, so that rounding cannot move the tails
+        edge = torch.full_like(inner[:, :1], bound)
+        knots = torch.cat([-edge, inner, edge], dim=1)
         offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
         derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
-        return self._knots(widths), self._knots(heights), F.pad(derivatives, (1, 1), value=1.0)
-
-    def _knots(self, raw_sizes: Tensor) -> Tensor:
-        """``(..., K)`` raw bin sizes -> ``(..., K + 1)`` knots from exactly -B to exactly B
-        (the last one set, not summed, so rounding cannot move the tails)."""
-        minimum = self.min_bin_size
-        sizes = minimum + (1 - minimum * self.bins) * _softmax(raw_sizes)
-        inner = torch.cumsum(sizes[..., :-1], dim=-1)
-        unit = F.pad(F.pad(inner, (1, 0), value=0.0), (0, 1), value=1.0)
-        return self.tail_bound * (2 * unit - 1)
-
-
-def _softmax(inputs: Tensor) -> Tensor:
-    """``softmax(inputs, dim=-1)``, computed over dim -2 of the transpose when there is one:
-    PyTorch's CPU kernel is ~30x slower over a short last dimension (the K bins) than over a
-    long inner one (the dimensions or the batch), forward and backward."""
-    if inputs.dim() < 2:
-        return torch.softmax(inputs, dim=-1)
-    return torch.softmax(inputs.transpose(-1, -2), dim=-2).transpose(-1, -2)
+        one = torch.ones_like(derivatives[:1])
+        return knots, torch.cat([one, derivatives, one])
