@@ -43,22 +43,22 @@ RUNS = HERE / "runs"
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent
 
-COMMON = ["logger=csv", "trainer.enable_progress_bar=false"]
+COMMON = ["logger=csv"]
 
 # Teachers, trained once and frozen for every student of their data set: name -> overrides.
 # The `*-exp` teachers are the teacher-quality study's tuned settings (`experiment=<data>`,
 # sharper and deeper): the default student recipe must hold for them too.
 TEACHERS = {
-    "moons": ["data=moons", "optim.lr=2e-3", "trainer.max_steps=4000"],
-    "siggraph": ["data=siggraph", "optim.lr=2e-3", "trainer.max_steps=5000"],
+    "moons": ["data=moons", "teacher.optim.lr=2e-3", "teacher.trainer.max_steps=4000"],
+    "siggraph": ["data=siggraph", "teacher.optim.lr=2e-3", "teacher.trainer.max_steps=5000"],
     "digits": [
         "data=digits",
-        "optim=adamw",
-        "optim.lr=1e-3",
-        "trainer.max_steps=6000",
-        "trainer.check_val_every_n_epoch=5",
-        "callbacks=early_stopping",
-        "callbacks.early_stopping.patience=10",
+        "optim@teacher.optim=adamw",
+        "teacher.optim.lr=1e-3",
+        "teacher.trainer.max_steps=6000",
+        "teacher.trainer.check_val_every_n_epoch=5",
+        "callbacks@teacher.callbacks=early_stopping",
+        "teacher.callbacks.early_stopping.patience=10",
     ],
     "moons-exp": ["experiment=moons"],
     "siggraph-exp": ["experiment=siggraph"],
@@ -83,7 +83,7 @@ class Run:
         args = [str(BIN / self.command)]
         if self.command == "distill-student":
             checkpoint = RUNS / f"teacher-{self.teacher or self.data}" / "checkpoints" / "best.ckpt"
-            args.append(f"teacher.ckpt={checkpoint}")
+            args += [f"teacher.ckpt={checkpoint}", f"data={self.data}"]
         if self.command != "distill":
             args += COMMON
         return [*args, *self.overrides, f"hydra.run.dir={self.directory}"]
@@ -106,10 +106,10 @@ def registry() -> list[Run]:
                         data,
                         f"{loss}-teacher-lr{lr}",
                         "learning rate (init=teacher, 1000 steps)",
-                        f"loss={loss}",
-                        "init=teacher",
-                        f"optim.lr={lr}",
-                        "trainer.max_steps=1000",
+                        f"loss@student.loss={loss}",
+                        "student.init=teacher",
+                        f"student.optim.lr={lr}",
+                        "student.trainer.max_steps=1000",
                     )
                 )
     for data in ("moons", "siggraph"):
@@ -120,9 +120,9 @@ def registry() -> list[Run]:
                     f"{tag}-teacher",
                     "loss (init=teacher, lr 3e-4, 1000 steps)",
                     *overrides,
-                    "init=teacher",
-                    "optim.lr=3e-4",
-                    "trainer.max_steps=1000",
+                    "student.init=teacher",
+                    "student.optim.lr=3e-4",
+                    "student.trainer.max_steps=1000",
                 )
             )
         for tag, overrides in LOSSES.items():
@@ -132,9 +132,9 @@ def registry() -> list[Run]:
                     f"{tag}-identity",
                     "loss (init=identity, lr 1e-3, 2000 steps)",
                     *overrides,
-                    "init=identity",
-                    "optim.lr=1e-3",
-                    "trainer.max_steps=2000",
+                    "student.init=identity",
+                    "student.optim.lr=1e-3",
+                    "student.trainer.max_steps=2000",
                 )
             )
     for data in ("moons", "siggraph"):
@@ -145,9 +145,9 @@ def registry() -> list[Run]:
                     f"{tag}-teacher-lr1e-3-3000",
                     "stress: lr 1e-3, 3000 steps (init=teacher)",
                     *LOSSES[tag],
-                    "init=teacher",
-                    "optim.lr=1e-3",
-                    "trainer.max_steps=3000",
+                    "student.init=teacher",
+                    "student.optim.lr=1e-3",
+                    "student.trainer.max_steps=3000",
                 )
             )
         for tag in ("reverse_kl", "mixed0.1", "reverse_kl+regression"):
@@ -158,9 +158,9 @@ def registry() -> list[Run]:
                         f"{tag}-teacher-{steps}",
                         "steps (init=teacher, lr 3e-4)",
                         *LOSSES[tag],
-                        "init=teacher",
-                        "optim.lr=3e-4",
-                        f"trainer.max_steps={steps}",
+                        "student.init=teacher",
+                        "student.optim.lr=3e-4",
+                        f"student.trainer.max_steps={steps}",
                     )
                 )
     for data in ("moons", "siggraph"):
@@ -171,9 +171,9 @@ def registry() -> list[Run]:
                     f"{tag}-teacher-lr1e-3-3000",
                     "clip and EMA (init=teacher, lr 1e-3, 3000 steps)",
                     *overrides,
-                    "init=teacher",
-                    "optim.lr=1e-3",
-                    "trainer.max_steps=3000",
+                    "student.init=teacher",
+                    "student.optim.lr=1e-3",
+                    "student.trainer.max_steps=3000",
                 )
             )
     for data in ("moons", "siggraph"):
@@ -185,9 +185,9 @@ def registry() -> list[Run]:
                         f"mixed{weight}-teacher-seed{seed}",
                         SEEDS,
                         *LOSSES[f"mixed{weight}"],
-                        "init=teacher",
-                        "optim.lr=3e-4",
-                        "trainer.max_steps=1000",
+                        "student.init=teacher",
+                        "student.optim.lr=3e-4",
+                        "student.trainer.max_steps=1000",
                         f"seed={seed}",
                     )
                 )
@@ -197,9 +197,9 @@ def registry() -> list[Run]:
                         f"mixed{weight}-identity-seed{seed}",
                         SEEDS,
                         *LOSSES[f"mixed{weight}"],
-                        "init=identity",
-                        "optim.lr=1e-3",
-                        "trainer.max_steps=2000",
+                        "student.init=identity",
+                        "student.optim.lr=1e-3",
+                        "student.trainer.max_steps=2000",
                         f"seed={seed}",
                     )
                 )
@@ -211,9 +211,9 @@ def registry() -> list[Run]:
                 "digits: loss (init=teacher, lr 3e-4, 1000 steps)",
                 *overrides,
                 *DIGITS,
-                "init=teacher",
-                "optim.lr=3e-4",
-                "trainer.max_steps=1000",
+                "student.init=teacher",
+                "student.optim.lr=3e-4",
+                "student.trainer.max_steps=1000",
             )
         )
     for tag in ("reverse_kl", "reverse_kl+regression", "mixed0.1"):
@@ -224,9 +224,9 @@ def registry() -> list[Run]:
                 "digits: init=identity (lr 1e-3, 2000 steps)",
                 *LOSSES[tag],
                 *DIGITS,
-                "init=identity",
-                "optim.lr=1e-3",
-                "trainer.max_steps=2000",
+                "student.init=identity",
+                "student.optim.lr=1e-3",
+                "student.trainer.max_steps=2000",
             )
         )
     for tag, overrides in SMALL_STUDENTS.items():
@@ -238,9 +238,9 @@ def registry() -> list[Run]:
                 *LOSSES["reverse_kl+regression"],
                 *overrides,
                 *DIGITS,
-                "init=identity",
-                "optim.lr=1e-3",
-                "trainer.max_steps=2000",
+                "student.init=identity",
+                "student.optim.lr=1e-3",
+                "student.trainer.max_steps=2000",
             )
         )
     for tag in ("reverse_kl", "reverse_kl+regression", "mixed0.1"):
@@ -252,44 +252,44 @@ def registry() -> list[Run]:
                     "digits: steps (init=teacher, lr 3e-4)",
                     *LOSSES[tag],
                     *DIGITS,
-                    "init=teacher",
-                    "optim.lr=3e-4",
-                    f"trainer.max_steps={steps}",
+                    "student.init=teacher",
+                    "student.optim.lr=3e-4",
+                    f"student.trainer.max_steps={steps}",
                 )
             )
     return runs
 
 
 # Digits: 9 training batches per epoch; validate (a sequential student inverse) every 90 steps.
-DIGITS = ["trainer.check_val_every_n_epoch=10", "callbacks.figures.every_n_epochs=5"]
+DIGITS = ["student.trainer.check_val_every_n_epoch=10"]
 DIGITS_LOSSES = {
-    "reverse_kl": ["loss=reverse_kl"],
-    "reverse_kl+regression": ["loss=reverse_kl", "+loss.terms.regression=1.0"],
-    "regression": ["loss=regression"],
-    "mixed0.1": ["loss=mixed", "loss.terms.forward_kl=0.1"],
-    "forward_kl": ["loss=forward_kl"],
+    "reverse_kl": ["loss@student.loss=reverse_kl"],
+    "reverse_kl+regression": ["loss@student.loss=reverse_kl", "+student.loss.terms.regression=1.0"],
+    "regression": ["loss@student.loss=regression"],
+    "mixed0.1": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.1"],
+    "forward_kl": ["loss@student.loss=forward_kl"],
 }
 SMALL_STUDENTS = {
-    "iaf5x64": ["student.hidden_features=[64,64]"],
-    "iaf3x128": ["student.num_layers=3"],
-    "iaf2x64": ["student.num_layers=2", "student.hidden_features=[64,64]"],
+    "iaf5x64": ["student.flow.hidden_features=[64,64]"],
+    "iaf3x128": ["student.flow.num_layers=3"],
+    "iaf2x64": ["student.flow.num_layers=2", "student.flow.hidden_features=[64,64]"],
 }
 REGULARIZED = {
-    "reverse_kl-clip10": ["loss=reverse_kl", "loss.clip=10"],
-    "reverse_kl-ema0.99": ["loss=reverse_kl", "ema_decay=0.99"],
-    "mixed0.1-ema0.99": ["loss=mixed", "loss.terms.forward_kl=0.1", "ema_decay=0.99"],
+    "reverse_kl-clip10": ["loss@student.loss=reverse_kl", "student.loss.clip=10"],
+    "reverse_kl-ema0.99": ["loss@student.loss=reverse_kl", "student.ema_decay=0.99"],
+    "mixed0.1-ema0.99": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.1", "student.ema_decay=0.99"],
 }
 
 SEEDS = "seeds 1, 2 (init=teacher: lr 3e-4, 1000 steps; init=identity: lr 1e-3, 2000 steps)"
 STRESSED = ("reverse_kl", "mixed0.1", "mixed0.3", "forward_kl", "reverse_kl+regression")
 LOSSES = {
-    "reverse_kl": ["loss=reverse_kl"],
-    "mixed0.05": ["loss=mixed", "loss.terms.forward_kl=0.05"],
-    "mixed0.1": ["loss=mixed", "loss.terms.forward_kl=0.1"],
-    "mixed0.3": ["loss=mixed", "loss.terms.forward_kl=0.3"],
-    "forward_kl": ["loss=forward_kl"],
-    "regression": ["loss=regression"],
-    "reverse_kl+regression": ["loss=reverse_kl", "+loss.terms.regression=1.0"],
+    "reverse_kl": ["loss@student.loss=reverse_kl"],
+    "mixed0.05": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.05"],
+    "mixed0.1": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.1"],
+    "mixed0.3": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.3"],
+    "forward_kl": ["loss@student.loss=forward_kl"],
+    "regression": ["loss@student.loss=regression"],
+    "reverse_kl+regression": ["loss@student.loss=reverse_kl", "+student.loss.terms.regression=1.0"],
 }
 
 
