@@ -31,8 +31,14 @@ def _read_csv(path: Path) -> np.ndarray:
         raise ValueError(f"{path} holds no rows: write one sample per row, comma-separated")
     names = [f"column {index}" for index in range(len(lines[0][1]))]
     if not any(_is_number(cell) for cell in lines[0][1]):
-        names = [f"column {name.strip()!r}" for name in lines[0][1]]
+        header = [name.strip() for name in lines[0][1]]
+        names = [f"column {name!r}" for name in header]
         lines = lines[1:]
+        if not lines:
+            raise ValueError(
+                f"{path} holds a header ({','.join(header)}) but no rows: write one sample per "
+                "row below it, comma-separated"
+            )
     data = np.empty((len(lines), len(names)))
     for row_index, (line, row) in enumerate(lines):
         if len(row) != len(names):
@@ -66,9 +72,14 @@ def load_matrix(path: str | Path) -> np.ndarray:
         )
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if path.stat().st_size == 0:
+            raise ValueError(
+                f"{path} is an empty file (0 bytes): save an (N, D) float array into it with "
+                "numpy.save"
+            )
         try:
             data = np.load(path, allow_pickle=False)
-        except ValueError as error:
+        except (ValueError, EOFError) as error:  # EOFError: a file cut short
             raise ValueError(
                 f"{path} is not a numeric .npy array ({error}): save it with numpy.save from "
                 "a float array"

@@ -8,6 +8,8 @@ import math
 import numpy as np
 from torch import Tensor
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _first_rows(rows: np.ndarray, limit: int = 5) -> str:
     """``"3, 8, 12"`` or ``"3, 8, 12, 20, 31 (first 5 of 9)"``."""
@@ -16,11 +18,17 @@ def _first_rows(rows: np.ndarray, limit: int = 5) -> str:
 
 
 def check_matrix(data: np.ndarray | Tensor, source: str) -> None:
-    """Raise a one-line ValueError unless ``data`` is a 2-D (N, D) array of finite numbers.
+    """Raise a one-line ValueError unless ``data`` is a non-empty 2-D (N, D) array of finite
+    numbers within float32's range (training runs in float32).
 
     ``source`` names the data in the message (a file, a split); rows are 0-based.
     """
     data = data.numpy() if isinstance(data, Tensor) else np.asarray(data)
+    if data.size == 0:
+        raise ValueError(
+            f"{source} holds no data (shape {data.shape}): provide an (N, D) array with one "
+            "sample per row and at least one column"
+        )
     if data.ndim != 2:
         raise ValueError(
             f"{source} has shape {data.shape}, but data must be a 2-D array (N rows, "
@@ -35,6 +43,15 @@ def check_matrix(data: np.ndarray | Tensor, source: str) -> None:
         raise ValueError(
             f"{source} has NaN or Inf values in rows {_first_rows(bad)} (0-based): "
             "drop or impute those rows"
+        )
+    # training runs in float32: a finite float64 beyond its range would become Inf there
+    overflow = np.abs(data) > FLOAT32_MAX
+    if overflow.any():
+        columns = np.flatnonzero(overflow.any(axis=0)).tolist()
+        raise ValueError(
+            f"{source} has values that overflow float32 (|x| > 3.4e38) in rows "
+            f"{_first_rows(np.flatnonzero(overflow.any(axis=1)))} (0-based), column(s) "
+            f"{columns}: rescale those columns (e.g. divide by a power of ten) or drop the rows"
         )
 
 

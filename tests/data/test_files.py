@@ -99,10 +99,55 @@ def test_constant_column_is_an_error_at_setup(tmp_path):
         module.setup()
 
 
-def test_values_that_overflow_float32_are_caught(tmp_path):
-    data = np.random.default_rng(0).normal(size=(50, 2))
-    data[6, 0] = 1e300
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_values_that_overflow_float32_are_named_as_such(tmp_path, suffix):
+    data = np.random.default_rng(0).normal(size=(50, 3))
+    data[[6, 9], 1] = [1e39, -1e300]  # finite in float64, Inf in float32
+    data[9, 2] = 3e38  # still within float32
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".npy":
+        np.save(path, data)
+    else:
+        np.savetxt(path, data, delimiter=",")
+    with pytest.raises(ValueError) as error:
+        FileDataModule(str(path), batch_size=8)
+    message = str(error.value)
+    assert message.startswith(str(path))
+    assert r"overflow float32 (|x| > 3.4e38) in rows 6, 9 (0-based), column(s) [1]" in message
+    assert "NaN or Inf" not in message and "rescale" in message
+
+
+def test_large_values_within_float32_load(tmp_path):
+    data = np.random.default_rng(0).normal(size=(20, 2)) * [1e30, 1.0]
     np.save(tmp_path / "data.npy", data)
-    module = FileDataModule(str(tmp_path / "data.npy"), batch_size=8)
-    with pytest.raises(ValueError, match="NaN or Inf values in rows"):
-        module.setup()
+    np.testing.assert_array_equal(load_matrix(tmp_path / "data.npy"), data)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (5, 0)])
+def test_empty_npy_names_the_file_and_the_fix(tmp_path, shape):
+    np.save(tmp_path / "empty.npy", np.zeros(shape))
+    with pytest.raises(ValueError, match=r"empty\.npy holds no data \(shape .*provide an \(N, D\)"):
+        load_matrix(tmp_path / "empty.npy")
+
+
+def test_zero_byte_and_cut_npy_files_name_the_file(tmp_path):
+    (tmp_path / "zero.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"zero\.npy is an empty file \(0 bytes\).*numpy\.save"):
+        load_matrix(tmp_path / "zero.npy")
+    np.save(tmp_path / "whole.npy", np.ones((100, 2)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut\.npy is not a numeric \.npy array"):
+        load_matrix(tmp_path / "cut.npy")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", r"empty\.csv holds no rows: write one sample per row"),
+        ("\n \n", r"empty\.csv holds no rows"),
+        ("x,y\n", r"empty\.csv holds a header \(x,y\) but no rows: write one sample per row"),
+    ],
+)
+def test_empty_csv_names_the_file_and_the_fix(tmp_path, text, expected):
+    with pytest.raises(ValueError, match=expected):
+        load_matrix(write_csv(tmp_path / "empty.csv", text))
