@@ -217,9 +217,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         sizes = torch.softmax(raw_sizes, dim=1) * (2 * bound * (1 - minimum * bins))
         inner = torch.cumsum(sizes[:, :-1] + 2 * bound * minimum, dim=1) - bound
         # both ends set, not summed, so that rounding cannot move the tails
-        edge = torch.full_like(inner[:, :1], bound)
+        edge = torch.full_like(sizes[:, :1], bound)
         knots = torch.cat([-edge, inner, edge], dim=1)
         offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
         derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
-        one = torch.ones_like(derivatives[:1])
+        one = torch.ones_like(sizes[0, :1])
         return knots, torch.cat([one, derivatives, one])

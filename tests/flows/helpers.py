@@ -3,12 +3,22 @@ autograd, perturbed parameters, small flows from every builder."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch.autograd.functional import jacobian
 
 from distill.flows import BatchNorm, Bijector, Flow, build_iaf, build_maf, build_nice, build_realnvp
 
-FLOW_BUILDERS = {"maf": build_maf, "iaf": build_iaf, "realnvp": build_realnvp, "nice": build_nice}
+FLOW_BUILDERS = {
+    "maf": build_maf,
+    "iaf": build_iaf,
+    "realnvp": build_realnvp,
+    "nice": build_nice,
+    "maf_spline": partial(build_maf, transform="spline"),
+    "iaf_spline": partial(build_iaf, transform="spline"),
+    "realnvp_spline": partial(build_realnvp, transform="spline"),
+}
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ parameters and random inputs."""
 
 import pytest
 import torch
+from torch.autograd.functional import jacobian
 
 from distill.flows import (
     ActNorm,
@@ -11,11 +12,14 @@ from distill.flows import (
     BatchNorm,
     Chain,
     InverseAutoregressiveAffine,
+    InverseAutoregressiveSpline,
     Invert,
     MaskedAutoregressiveAffine,
+    MaskedAutoregressiveSpline,
     Permute,
     RandomPermute,
     Reverse,
+    SplineCoupling,
     build_iaf,
     build_maf,
     build_nice,
@@ -43,6 +47,14 @@ FACTORIES = {
     "affine_coupling": lambda: AffineCoupling(D, hidden_features=(16, 16)),
     "affine_coupling_mask": lambda: AffineCoupling(D, mask=[True, False, False, True]),
     "additive_coupling": lambda: AdditiveCoupling(D, hidden_features=(16,)),
+    "maf_spline": lambda: MaskedAutoregressiveSpline(D, (16, 16)),
+    "maf_spline_custom_order": lambda: MaskedAutoregressiveSpline(
+        D, (16,), order=CUSTOM_ORDER, bins=5, tail_bound=2.0
+    ),
+    "iaf_spline": lambda: InverseAutoregressiveSpline(D, (16, 16)),
+    "iaf_spline_custom_order": lambda: InverseAutoregressiveSpline(D, (16,), order=CUSTOM_ORDER),
+    "spline_coupling": lambda: SplineCoupling(D, hidden_features=(16, 16), tail_bound=2.0),
+    "spline_coupling_mask": lambda: SplineCoupling(D, mask=[True, False, False, True], bins=3),
     "batch_norm_eval": lambda: BatchNorm(D).eval(),
     "act_norm": lambda: initialized_act_norm(D),
     "permute": lambda: Permute([3, 1, 0, 2]),
@@ -56,6 +68,10 @@ FACTORIES = {
     "build_iaf": lambda: build_iaf(D, 3, (16,), permutation="random").bijector,
     "build_realnvp": lambda: build_realnvp(D, 3, (16,), batch_norm=True).bijector.eval(),
     "build_nice": lambda: build_nice(D, 3, (16,)).bijector,
+    "build_maf_spline": lambda: build_maf(D, 3, (16,), transform="spline").bijector,
+    "build_realnvp_spline": lambda: build_realnvp(
+        D, 3, (16,), batch_norm=True, transform="spline", bins=4, tail_bound=2.0
+    ).bijector.eval(),
 }
 
 
@@ -65,14 +81,27 @@ def test_invertible_with_exact_log_det(name):
     check_bijector(bijector, D)
 
 
-@pytest.mark.parametrize("name", ["maf", "iaf", "affine_coupling", "build_maf"])
+@pytest.mark.parametrize(
+    "name", ["maf", "iaf", "affine_coupling", "build_maf", "maf_spline", "iaf_spline"]
+)
 def test_many_leading_batch_dims(name):
     bijector = perturb(FACTORIES[name]().double())
     check_bijector(bijector, D, batch_shape=(2, 3, 5))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["maf", "iaf", "affine_coupling", "batch_norm_eval"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "maf",
+        "iaf",
+        "affine_coupling",
+        "batch_norm_eval",
+        "maf_spline",
+        "iaf_spline",
+        "spline_coupling",
+    ],
+)
 def test_dtypes(name, dtype):
     bijector = perturb(FACTORIES[name]()).to(dtype)
     z = torch.randn(11, D, dtype=dtype)
@@ -109,7 +138,14 @@ def test_chain_order_and_steps():
 
 
 def test_new_layers_start_near_identity():
-    layers = (MaskedAutoregressiveAffine(D), InverseAutoregressiveAffine(D), AffineCoupling(D))
+    layers = (
+        MaskedAutoregressiveAffine(D),
+        InverseAutoregressiveAffine(D),
+        AffineCoupling(D),
+        MaskedAutoregressiveSpline(D),
+        InverseAutoregressiveSpline(D),
+        SplineCoupling(D),
+    )
     for bijector in layers:
         z = torch.randn(32, D)
         x, log_det = bijector(z)
@@ -139,27 +175,34 @@ def count_linear_rows(monkeypatch) -> list:
     return rows
 
 
-def test_maf_forward_computes_each_unit_once_and_inverse_is_one_pass(monkeypatch):
-    layer = MaskedAutoregressiveAffine(D, (16, 8))
+MAF_CLASSES = [MaskedAutoregressiveAffine, MaskedAutoregressiveSpline]
+IAF_CLASSES = [InverseAutoregressiveAffine, InverseAutoregressiveSpline]
+
+
+@pytest.mark.parametrize("layer_class", MAF_CLASSES)
+def test_maf_forward_computes_each_unit_once_and_inverse_is_one_pass(monkeypatch, layer_class):
+    layer = layer_class(D, (16, 8))
+    num_params = layer.transform.num_params
     rows = count_linear_rows(monkeypatch)
-    layer(torch.randn(3, D))  # sequential: every hidden unit once, then the 2 outputs per rank
-    assert sum(rows) == 16 + 8 + 2 * D and len(rows) <= 3 * D
+    layer(torch.randn(3, D))  # sequential: every hidden unit once, then the P outputs per rank
+    assert sum(rows) == 16 + 8 + num_params * D and len(rows) <= 3 * D
     rows.clear()
     layer.inverse(torch.randn(3, D))  # parallel: one pass
-    assert rows == [16, 8, 2 * D]
+    assert rows == [16, 8, num_params * D]
 
 
-def test_iaf_forward_is_one_pass(monkeypatch):
-    layer = InverseAutoregressiveAffine(D, (16,))
+@pytest.mark.parametrize("layer_class", IAF_CLASSES)
+def test_iaf_forward_is_one_pass(monkeypatch, layer_class):
+    layer = layer_class(D, (16,))
     rows = count_linear_rows(monkeypatch)
     layer(torch.randn(3, D))
-    assert rows == [16, 2 * D]
+    assert rows == [16, layer.transform.num_params * D]
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
 @pytest.mark.parametrize("context_features", [None, 3])
 @pytest.mark.parametrize("order", [None, CUSTOM_ORDER])
-@pytest.mark.parametrize("layer_class", [MaskedAutoregressiveAffine, InverseAutoregressiveAffine])
+@pytest.mark.parametrize("layer_class", MAF_CLASSES + IAF_CLASSES)
 def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, context_features, grad):
     """The rank-by-rank solve (each unit computed once; in place without autograd) against
     the plain definition: D full MADE passes of the iteration y <- transform(given, params(y)).
@@ -171,17 +214,43 @@ def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, cont
     given = torch.randn(6, D, dtype=torch.float64)
     with torch.set_grad_enabled(grad):
         solved, log_det = (layer if layer.conditioner_reads_data else layer.inverse)(given, context)
+    transform = layer.transform.forward if layer.conditioner_reads_data else layer.transform.inverse
     y = torch.zeros_like(given)
     for _ in range(D):
-        shift, log_scale = layer.affine_params(y, context)
-        y = (
-            given * log_scale.exp() + shift
-            if layer.conditioner_reads_data
-            else (given - shift) * torch.exp(-log_scale)
-        )
+        y, log_det_elementwise = transform(given, layer.params(y, context))
     torch.testing.assert_close(solved, y)
-    expected = log_scale.sum(-1) if layer.conditioner_reads_data else -log_scale.sum(-1)
-    torch.testing.assert_close(log_det, expected)
+    torch.testing.assert_close(log_det, log_det_elementwise.sum(-1))
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("layer_class", MAF_CLASSES + IAF_CLASSES)
+def test_autoregressive_jacobian_is_triangular_in_the_order(layer_class, direction):
+    """Output i depends on the inputs of rank <= rank(i) only, and strictly increases in
+    input i: the Jacobian, rows and columns sorted by rank, is lower triangular with a
+    positive diagonal, in both directions (the sequential one included)."""
+    layer = perturb(layer_class(D, (16, 16), order=CUSTOM_ORDER).double())
+    point = torch.randn(D, dtype=torch.float64)
+    matrix = jacobian(lambda inputs: getattr(layer, direction)(inputs)[0], point)
+    by_rank = torch.tensor(CUSTOM_ORDER).argsort()
+    matrix = matrix[by_rank][:, by_rank]
+    below = torch.ones(D, D, dtype=torch.bool).tril(-1)
+    assert torch.all(matrix.triu(1) == 0)
+    assert torch.all(matrix.diagonal() > 0)
+    assert torch.all(matrix[below] != 0), "some dimension ignores an earlier one"
+
+
+@pytest.mark.parametrize("flow", ["student", "teacher"])
+def test_closed_form_kl_refuses_spline_layers(flow):
+    from distill.losses import reverse_kl_closed_form
+
+    flows = {
+        "student": build_iaf(2, 2, (8,), permutation="none"),
+        "teacher": build_maf(2, 2, (8,), permutation="none"),
+    }
+    build = build_iaf if flow == "student" else build_maf
+    flows[flow] = build(2, 2, (8,), permutation="none", transform="spline")
+    with pytest.raises(ValueError, match=f"needs affine layers.*the {flow} has .*Spline layers"):
+        reverse_kl_closed_form(flows["student"], flows["teacher"], 4)
 
 
 @pytest.mark.parametrize(
@@ -193,6 +262,14 @@ def test_sequential_solve_matches_fixed_point_iteration(layer_class, order, cont
         (lambda: build_maf(2, permutation="sideways"), "permutation must be one of"),
         (lambda: build_maf(2, hidden_features=(-3,)), "hidden_features"),
         (lambda: build_maf(2, num_layers=0), "num_layers"),
+        (
+            lambda: build_maf(2, transform="cubic"),
+            r"transform must be one of \('affine', 'spline'\)",
+        ),
+        (lambda: build_nice(2, transform="spline"), r"one of \('additive',\) for nice"),
+        (lambda: build_realnvp(2, transform="spline", bins=0), "bins must be >= 1"),
+        (lambda: build_iaf(2, transform="spline", tail_bound=-1.0), "tail_bound must be positive"),
+        (lambda: build_maf(2, log_scale_bound=0.0), "log_scale_bound must be positive"),
     ],
 )
 def test_bad_construction_is_a_clear_error(make, message):

@@ -49,7 +49,7 @@ def test_context_changes_density_and_samples(name):
     assert torch.all(samples[0] != samples[1]), "some coordinate ignores the context"
 
 
-@pytest.mark.parametrize("name", ["maf", "iaf"])
+@pytest.mark.parametrize("name", ["maf", "iaf", "maf_spline", "iaf_spline"])
 def test_one_dimensional_autoregressive_flow_depends_on_context(name):
     """With D = 1 every MADE output has rank 0: it sees no input, only the context."""
     flow = make_flow(name, 1, context_features=C)

@@ -50,4 +50,7 @@ def test_sample_and_log_prob_agrees_with_log_prob(name, batch_norm, sample_shape
     flow = make_flow(name, batch_norm=batch_norm).eval()
     x, log_prob = flow.sample_and_log_prob(sample_shape)
     assert x.shape == (*sample_shape, 4) and log_prob.shape == sample_shape
-    torch.testing.assert_close(flow.log_prob(x), log_prob, atol=1e-10, rtol=1e-10)
+    # A spline's flat parts (slopes down to 1e-3 per layer) amplify the rounding of x in the
+    # inverse: float64 agreement to ~1e-8 there, not 1e-10.
+    tolerance = 1e-7 if "spline" in name else 1e-10
+    torch.testing.assert_close(flow.log_prob(x), log_prob, atol=tolerance, rtol=tolerance)
