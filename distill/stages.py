@@ -4,6 +4,7 @@ student. Each returns its module, metrics and figures; the entry points write th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from distill.flows import in_data_space
 from distill.models import StudentModule, TeacherModule
 from distill.spec import build_from_spec, plain
 from distill.training import finish_loggers, fit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +64,14 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(plain(cfg.data))
     module = TeacherModule.from_datamodule(datamodule, cfg.teacher.flow, cfg.teacher.optim)
+    log.info(
+        "teacher stage: %s on %s (%d parameters), %d steps, into %s",
+        cfg.teacher.flow._target_,
+        datamodule.name,
+        parameter_count(module.flow),
+        cfg.teacher.trainer.max_steps,
+        stage_dir,
+    )
     trainer, loggers, module, metrics = fit(cfg, "teacher", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
     if trainer.is_global_zero:
@@ -77,6 +88,8 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
     finish_loggers(
         loggers, metrics, result.figures, metrics["teacher/global_step"], "teacher/test_nll"
     )
+    if "teacher/test_nll" in metrics:
+        log.info("teacher stage done: held-out NLL %.4f nats", metrics["teacher/test_nll"])
     return result
 
 
@@ -132,6 +145,15 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
         init=stage.init,
         seed=cfg.seed,
     )
+    log.info(
+        "student stage: %s (%d parameters, init=%s), loss %s, %d steps, into %s",
+        stage.flow._target_,
+        parameter_count(module.student),
+        stage.init,
+        dict(stage.loss.terms),
+        stage.trainer.max_steps,
+        stage_dir,
+    )
     trainer, loggers, module, metrics = fit(cfg, "student", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
     if trainer.is_global_zero:
@@ -163,4 +185,10 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
             result.figures["taffy"] = taffy(module.inference_student, module.preprocessing)
     step = metrics["student/global_step"]
     finish_loggers(loggers, metrics, result.figures, step, "student/kl_trimmed_mean")
+    if "student/kl_trimmed_mean" in metrics:
+        log.info(
+            "student stage done: KL %.4f nats (1%%-trimmed), held-out NLL %.4f",
+            metrics["student/kl_trimmed_mean"],
+            metrics["student/test_nll"],
+        )
     return result

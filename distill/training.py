@@ -4,6 +4,7 @@ its directory unset (``null``)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -26,6 +27,8 @@ from distill.plots import figure_to_array
 # Lightning 2.6 builds a torch LeafSpec for every dataloader, which torch 2.13 deprecates: a
 # warning on every run that no argument avoids. Only that message is silenced.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Lightning's start-up banner (accelerators, a product tip) is not the run's own output.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def _placed(spec: DictConfig | Mapping, **defaults: Any) -> dict[str, Any]:
@@ -47,12 +50,27 @@ def run_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def _run_group() -> str | None:
-    """The W&B group of this run: the sweep directory of a multirun, else None."""
+def sweep_dir() -> Path | None:
+    """The sweep directory of a Hydra multirun job, else None."""
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    return hydra.sweep.dir if hydra.mode.name == "MULTIRUN" else None
+    return Path(hydra.sweep.dir) if hydra.mode.name == "MULTIRUN" else None
+
+
+def run_tags(cfg: DictConfig, stage: str) -> list[str]:
+    """W&B tags of a stage: the data set, the stage's flow builder and transform, its loss
+    terms (student): what tells the runs of a sweep apart at a glance."""
+    node = cfg[stage]
+    flow = node.flow
+    tags = [
+        f"data:{cfg.data.get('name', '?')}",
+        f"flow:{flow.get('_target_', '?').rsplit('.', 1)[-1]}",
+        f"transform:{flow.get('transform', 'affine')}",
+    ]
+    if stage == "student":
+        tags += [f"loss:{term}" for term in node.loss.terms] + [f"init:{node.init}"]
+    return tags
 
 
 def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
@@ -66,28 +84,49 @@ def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
         if spec is None:
             continue
         if "wandb" in spec.get("_target_", "").lower():
-            loggers.append(_wandb_logger(name, spec, stage, stage_dir, overrides))
+            resuming = cfg[stage].get("resume") is not None
+            loggers.append(
+                _wandb_logger(
+                    name, spec, stage, stage_dir, overrides, run_tags(cfg, stage), resuming
+                )
+            )
         else:
             loggers.append(instantiate(_placed(spec, save_dir=str(stage_dir))))
     return loggers
 
 
+WANDB_ID_FILE = "wandb_run_id"
+
+
 def _wandb_logger(
-    name: str, spec: DictConfig, stage: str, stage_dir: Path, overrides: list[str]
+    name: str,
+    spec: DictConfig,
+    stage: str,
+    stage_dir: Path,
+    overrides: list[str],
+    tags: list[str],
+    resuming: bool,
 ) -> Logger:
+    """A W&B logger for the stage. Its run id is kept in ``stage_dir``: a resumed stage
+    continues the same W&B run (``resume="allow"``) instead of splitting its curves."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
     os.environ.setdefault("WANDB_SILENT", "true")  # W&B's console chatter: WANDB_SILENT=false
+    id_file = stage_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
     placed = _placed(
         spec,
         save_dir=str(stage_dir),
         name=" ".join([stage, *overrides]),
-        group=_run_group(),
+        group=str(sweep_dir()) if sweep_dir() else None,
         job_type=stage,
+        tags=tags,
+        id=run_id,
+        resume="allow" if run_id else None,
     )
     try:
         logger = instantiate(placed)
-        logger.experiment  # noqa: B018  (starts the run now, where a failure can be caught)
+        id_file.write_text(logger.experiment.id + "\n")  # starts the run, where it can fail
     except Exception as error:
         warnings.warn(
             f"W&B logger `{name}` could not start ({error}); logging to CSV instead. "

@@ -1,32 +1,89 @@
-"""What every entry point shares: user errors as one line instead of a traceback."""
+"""What every entry point shares: user errors as one line instead of a traceback, failed jobs
+of a sweep recorded instead of ending it, and the value a sweep optimizes."""
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from distill.models.base import NonFiniteTrainingError
+from distill.training import run_overrides, sweep_dir
 
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteTrainingError)
+FAILURES = "failures.jsonl"  # in a sweep's directory: one line per failed job
 
 
 def exit_on_user_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Print a user error (bad config value, bad data, bad checkpoint, non-finite training)
-    as one line and exit 1, instead of a traceback. DISTILL_TRACEBACK=1 shows the trace."""
+    as one line, instead of a traceback, and exit 1; in a multirun, record it in the job's
+    directory (``error.json``) and the sweep's ``failures.jsonl`` and let the sweep go on.
+    DISTILL_TRACEBACK=1 shows the trace."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        logging.captureWarnings(True)  # warnings go to the run's log file too
         try:
             return task(cfg)
         except USER_ERRORS as error:
             if os.environ.get("DISTILL_TRACEBACK"):
                 raise
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+            sweep = sweep_dir()
+            if sweep is None:
+                sys.exit(1)
+            record_failure(Path(cfg.paths.output_dir), sweep, error)
+            return math.nan
 
     return wrapper
+
+
+def record_failure(run_dir: Path, sweep: Path, error: BaseException) -> None:
+    """``run_dir/error.json`` and a line of ``sweep/failures.jsonl`` for a failed sweep job."""
+    record = {
+        "run_dir": str(run_dir),
+        "overrides": run_overrides(),
+        "type": type(error).__name__,
+        "error": str(error),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
+    with open(sweep / FAILURES, "a") as failures:
+        failures.write(json.dumps(record) + "\n")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: one line saying how many jobs failed and where their errors
+    are, and exit status 1 if any did (so ``&&`` chains and schedulers see the failure)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(config.hydra.sweep.dir) / FAILURES
+        if not path.is_file():
+            return
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        print(
+            f"error: {len(failed)} job(s) of the sweep failed; their errors are in {path} "
+            f"and in each job's error.json (first: {failed[0]['error']})",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float:
+    """The value a sweep optimizes: ``metrics[cfg.optimized_metric]``."""
+    key = cfg.optimized_metric
+    if key not in metrics:
+        raise ValueError(
+            f"optimized_metric={key} is not a metric of this run: choose one of "
+            + ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+        )
+    return float(metrics[key])

@@ -2,31 +2,70 @@
 writes one report (Hydra entry point; config: distill.yaml).
 
 The run directory holds ``teacher/`` and ``student/`` (each stage's checkpoints and logger
-output) and, at the top, ``metrics.json``, ``plots/`` and ``report.md``.
+output) and, at the top, ``metrics.json``, ``plots/`` and ``report.md``. In a multirun sweep
+the teachers live in ``<sweep dir>/teachers/<hash of the teacher's config>/``: jobs that differ
+only in student settings train their teacher once and share it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from distill.cli.common import exit_on_user_error
+from distill.cli.common import exit_on_user_error, optimized_metric
+from distill.models import TeacherModule
 from distill.report import write_run
 from distill.stages import distill_student, load_teacher, train_teacher
-from distill.training import run_overrides
+from distill.training import run_overrides, sweep_dir
+
+log = logging.getLogger(__name__)
+
+
+def teacher_key(cfg: DictConfig) -> str:
+    """A hash of everything that determines the trained teacher: the data, the teacher node
+    (but its ``ckpt`` and ``resume``) and the seed."""
+    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    teacher.pop("ckpt", None), teacher.pop("resume", None)
+    facts = {"data": OmegaConf.to_container(cfg.data, resolve=True), "teacher": teacher}
+    facts["seed"] = cfg.seed
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def shared_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, dict[str, Any]]:
+    """The teacher of ``cfg`` in ``directory``, trained there by the first job that needs it
+    (under a file lock: parallel launchers wait for it) and loaded by the others."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = directory / "metrics.json"
+        if done.is_file():
+            metrics = json.loads(done.read_text())
+            log.info("reusing the teacher trained in %s", directory)
+            return load_teacher(metrics["teacher/checkpoint"]), metrics
+        trained = train_teacher(cfg, directory)
+        if trained.is_global_zero:
+            write_run(directory, trained.metrics, trained.figures, run_overrides())
+        return trained.module, trained.metrics
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Both stages into ``cfg.paths.output_dir``; the merged metrics (None off rank zero)."""
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.teacher.ckpt is None:
+    sweep = sweep_dir()
+    if cfg.teacher.ckpt is not None:
+        teacher, metrics = load_teacher(cfg.teacher.ckpt), {"teacher/checkpoint": cfg.teacher.ckpt}
+    elif sweep is not None:
+        teacher, metrics = shared_teacher(cfg, sweep / "teachers" / teacher_key(cfg))
+    else:
         trained = train_teacher(cfg, run_dir / "teacher")
         teacher, metrics = trained.module, trained.metrics
-    else:
-        teacher, metrics = load_teacher(cfg.teacher.ckpt), {"teacher/checkpoint": cfg.teacher.ckpt}
     student = distill_student(cfg, teacher, run_dir / "student")
     if not student.is_global_zero:
         return None
@@ -41,11 +80,13 @@ def main(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     if metrics is None:
         return None
-    print(
-        f"teacher test NLL {metrics['teacher/test_nll']:.4f}, "
-        f"student {metrics['student/test_nll']:.4f}; "
-        f"student KL {metrics['student/kl_trimmed_mean']:.4f} nats; "
-        f"sampling {metrics['sampling/speedup']:.1f}x faster. "
-        f"Report: {Path(cfg.paths.output_dir) / 'report.md'}"
+    log.info(
+        "teacher test NLL %.4f, student %.4f; student KL %.4f nats; sampling %.1fx faster. "
+        "Report: %s",
+        metrics["teacher/test_nll"],
+        metrics["student/test_nll"],
+        metrics["student/kl_trimmed_mean"],
+        metrics["sampling/speedup"],
+        Path(cfg.paths.output_dir) / "report.md",
     )
-    return metrics["student/kl_trimmed_mean"]
+    return optimized_metric(cfg, metrics)

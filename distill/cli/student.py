@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli.common import exit_on_user_error
+from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.report import write_run
 from distill.stages import distill_student, load_teacher
 from distill.training import run_overrides
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -32,9 +35,13 @@ def main(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     if metrics is None:
         return None
-    print(
-        f"student KL {metrics['student/kl_trimmed_mean']:.4f} nats (1%-trimmed), test NLL "
-        f"{metrics['student/test_nll']:.4f} vs teacher {metrics['teacher/test_nll']:.4f}, "
-        f"sampling {metrics['sampling/speedup']:.1f}x faster; run dir {cfg.paths.output_dir}"
+    log.info(
+        "student KL %.4f nats (1%%-trimmed), test NLL %.4f vs teacher %.4f, sampling %.1fx "
+        "faster; run dir %s",
+        metrics["student/kl_trimmed_mean"],
+        metrics["student/test_nll"],
+        metrics["teacher/test_nll"],
+        metrics["sampling/speedup"],
+        cfg.paths.output_dir,
     )
-    return metrics["student/kl_trimmed_mean"]
+    return optimized_metric(cfg, metrics)

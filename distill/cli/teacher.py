@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli.common import exit_on_user_error
+from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.report import write_run
 from distill.stages import train_teacher
 from distill.training import run_overrides
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -30,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     if metrics is None:
         return None
-    print(
-        f"teacher test NLL {metrics['teacher/test_nll']:.4f} nats; run dir {cfg.paths.output_dir}"
+    log.info(
+        "teacher test NLL %.4f nats; run dir %s", metrics["teacher/test_nll"], cfg.paths.output_dir
     )
-    return metrics["teacher/test_nll"]
+    return optimized_metric(cfg, metrics)
