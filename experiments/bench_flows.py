@@ -1,23 +1,32 @@
-"""Speed of distill's MAF and IAF, and of zuko's and nflows' MAF at the same architecture.
+"""Speed of distill's MAF and IAF, and of zuko's and nflows' MAF at the same architecture,
+with affine and with rational-quadratic spline transforms.
 
     OMP_WAIT_POLICY=PASSIVE python experiments/bench_flows.py            # full run, writes JSON
     OMP_WAIT_POLICY=PASSIVE python experiments/bench_flows.py --quick    # smoke test, no JSON
 
 For D in {2, 64}: 5 autoregressive layers, MADE with 2 hidden layers of 128 ReLU units,
-affine elementwise transform, order reversed between layers, float32. Cases:
+order reversed between layers, float32; the elementwise transform affine, or a monotonic
+rational-quadratic spline with 8 bins on [-5, 5] and linear tails (zuko's ``NSF``, nflows'
+``MaskedPiecewiseRationalQuadraticAutoregressiveTransform``). Cases:
 
 - ``train fwd+bwd``: ``zero_grad`` + ``-log_prob(x).mean()`` + ``backward`` on a batch of 512;
 - ``train step``: the same plus ``Adam.step()`` (identical optimizer for every library);
 - ``MAF log_prob``: 10,000 points under ``torch.no_grad``;
 - ``MAF sample``: 1,000 points under ``torch.no_grad`` (D sequential MADE passes per layer);
-- ``IAF sample`` and ``IAF sample_and_log_prob``: 1,000 points, ``torch.no_grad`` (ours only).
+- ``IAF sample`` and ``IAF sample_and_log_prob``: 1,000 points, ``torch.no_grad`` (ours only);
+- ``spline ...``: the train step, log_prob and sample cases for the spline MAFs, and the spline
+  IAF's sample_and_log_prob (ours only). At D = 64 the peers' spline MAF sampling takes
+  10-30 s a call and their log_prob 2-4 s, so these cases run fewer rounds (``REDUCED``: 3
+  rounds without warm-up calls, and 5 rounds), recorded in the JSON.
 
 zuko and nflows call data -> noise their forward direction, so their sampling is the inverse
 pass (``flow().sample`` and ``Flow.sample``, both drawing their own noise, as ours does).
 They are optional: a library that is not installed is skipped and reported as such.
 
-The ``floor`` column is the network alone: five plain (unmasked) MLPs of the same shapes,
-chained, with no flow around them. ``ours/floor`` is the overhead of our flow machinery.
+The ``floor`` column is the network alone: five plain (unmasked) MLPs of the same shapes
+(``D -> 128 -> 128 -> P D`` with P = 2 parameters per dimension for affine, 23 for the
+spline), chained, with no flow around them. ``ours/floor`` is the overhead of our flow
+machinery (and, for the spline, of the spline itself).
 
 Every case runs all libraries interleaved (round-robin, rotating the order) so that load from
 other processes on a shared machine hits them alike; a time is the median over 11 rounds of
@@ -47,15 +56,18 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from distill.flows import build_iaf, build_maf  # noqa: E402
+from distill.flows import RationalQuadraticSpline, build_iaf, build_maf  # noqa: E402
 
 NUM_LAYERS = 5
 HIDDEN = (128, 128)
+BINS = 8
+TAIL_BOUND = 5.0  # zuko's NSF bound
 FEATURES = (2, 64)
 TRAIN_BATCH = 512
 LOG_PROB_POINTS = 10_000
@@ -69,8 +81,17 @@ CASES = (
     ("maf_sample", f"MAF sample {SAMPLE_POINTS:,}, no grad"),
     ("iaf_sample", f"IAF sample {SAMPLE_POINTS:,}, no grad"),
     ("iaf_sample_and_log_prob", f"IAF sample_and_log_prob {SAMPLE_POINTS:,}"),
+    ("spline_train_step", f"spline train step +Adam, batch {TRAIN_BATCH}"),
+    ("spline_maf_log_prob", f"spline MAF log_prob {LOG_PROB_POINTS:,}, no grad"),
+    ("spline_maf_sample", f"spline MAF sample {SAMPLE_POINTS:,}, no grad"),
+    ("spline_iaf_sample_and_log_prob", f"spline IAF sample_and_log_prob {SAMPLE_POINTS:,}"),
 )
 LIBRARIES = ("ours", "zuko", "nflows", "floor")
+# (case, D) -> fewer rounds, where the slowest peer takes seconds per call
+REDUCED = {
+    ("spline_maf_log_prob", 64): {"repeats": 5, "warmup": 1},
+    ("spline_maf_sample", 64): {"repeats": 3, "warmup": 0},
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -78,11 +99,15 @@ LIBRARIES = ("ours", "zuko", "nflows", "floor")
 
 
 class Library:
-    """One implementation: how to build a MAF and how to call it in each case."""
+    """One implementation: how to build a MAF (affine and spline) and how to call it in each
+    case."""
 
     name: str
 
     def build_maf(self, features: int) -> nn.Module:
+        raise NotImplementedError
+
+    def build_spline_maf(self, features: int) -> nn.Module:
         raise NotImplementedError
 
     def log_prob(self, flow: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +123,17 @@ class Ours(Library):
     def build_maf(self, features):
         return build_maf(features, NUM_LAYERS, HIDDEN, permutation="reverse")
 
+    def build_spline_maf(self, features):
+        return build_maf(
+            features,
+            NUM_LAYERS,
+            HIDDEN,
+            permutation="reverse",
+            transform="spline",
+            bins=BINS,
+            tail_bound=TAIL_BOUND,
+        )
+
     def log_prob(self, flow, x):
         return flow.log_prob(x)
 
@@ -107,7 +143,8 @@ class Ours(Library):
 
 class Zuko(Library):
     """zuko's MAF alternates ascending/descending orders (no permutation layers): the same
-    as our reverse permutations. Its affine is ``exp(a) x + b`` with a bounded log-scale."""
+    as our reverse permutations. Its affine is ``exp(a) x + b`` with a bounded log-scale; its
+    NSF is the same MAF with ``MonotonicRQSTransform`` (bound 5, boundary derivatives 1)."""
 
     name = "zuko"
 
@@ -118,8 +155,23 @@ class Zuko(Library):
 
     def build_maf(self, features):
         return self.zuko.flows.MAF(
-            features, context=0, transforms=NUM_LAYERS, hidden_features=HIDDEN,
-            activation=nn.ReLU, randperm=False,
+            features,
+            context=0,
+            transforms=NUM_LAYERS,
+            hidden_features=HIDDEN,
+            activation=nn.ReLU,
+            randperm=False,
+        )
+
+    def build_spline_maf(self, features):
+        return self.zuko.flows.NSF(
+            features,
+            context=0,
+            bins=BINS,
+            transforms=NUM_LAYERS,
+            hidden_features=HIDDEN,
+            activation=nn.ReLU,
+            randperm=False,
         )
 
     # flow() builds the lazy distribution: part of every call in zuko's API, so it is timed.
@@ -132,12 +184,16 @@ class Zuko(Library):
 
 class NFlows(Library):
     """nflows' MAF with feed-forward (non-residual) blocks: initial masked layer + one block
-    = 2 hidden layers of 128. It puts a reverse permutation before every layer (5, ours 4)."""
+    = 2 hidden layers of 128. It puts a reverse permutation before every layer (5, ours 4).
+    Its spline MAF is the same stack of ``MaskedPiecewiseRationalQuadraticAutoregressive
+    Transform`` layers, linear tails at ``TAIL_BOUND``."""
 
     name = "nflows"
 
     def __init__(self):
+        import nflows.distributions
         import nflows.flows
+        import nflows.transforms
         import torch.nn.functional as F
 
         self.nflows = nflows
@@ -145,9 +201,37 @@ class NFlows(Library):
 
     def build_maf(self, features):
         return self.nflows.flows.MaskedAutoregressiveFlow(
-            features=features, hidden_features=HIDDEN[0], num_layers=NUM_LAYERS,
-            num_blocks_per_layer=len(HIDDEN) - 1, use_residual_blocks=False,
-            use_random_masks=False, use_random_permutations=False, activation=self.relu,
+            features=features,
+            hidden_features=HIDDEN[0],
+            num_layers=NUM_LAYERS,
+            num_blocks_per_layer=len(HIDDEN) - 1,
+            use_residual_blocks=False,
+            use_random_masks=False,
+            use_random_permutations=False,
+            activation=self.relu,
+        )
+
+    def build_spline_maf(self, features):
+        transforms = self.nflows.transforms
+        layers = []
+        for _ in range(NUM_LAYERS):
+            layers += [
+                transforms.ReversePermutation(features),
+                transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    features,
+                    hidden_features=HIDDEN[0],
+                    num_bins=BINS,
+                    tails="linear",
+                    tail_bound=TAIL_BOUND,
+                    num_blocks=len(HIDDEN) - 1,
+                    use_residual_blocks=False,
+                    random_mask=False,
+                    activation=self.relu,
+                ),
+            ]
+        return self.nflows.flows.Flow(
+            transforms.CompositeTransform(layers),
+            self.nflows.distributions.StandardNormal([features]),
         )
 
     def log_prob(self, flow, x):
@@ -158,12 +242,13 @@ class NFlows(Library):
 
 
 class Floor(nn.Module):
-    """The network alone: ``NUM_LAYERS`` plain MLPs ``D -> 128 -> 128 -> 2D`` (ReLU), chained
-    with the least glue possible. What a training step costs with zero flow overhead."""
+    """The network alone: ``NUM_LAYERS`` plain MLPs ``D -> 128 -> 128 -> P D`` (ReLU), chained
+    with the least glue possible (two of the P outputs per dimension used as a shift and a
+    log-scale). What a training step costs with zero flow overhead."""
 
-    def __init__(self, features: int):
+    def __init__(self, features: int, num_params: int = 2):
         super().__init__()
-        widths = (features, *HIDDEN, 2 * features)
+        widths = (features, *HIDDEN, num_params * features)
         self.nets = nn.ModuleList()
         for _ in range(NUM_LAYERS):
             layers: list[nn.Module] = []
@@ -175,7 +260,7 @@ class Floor(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         total = x.new_zeros(x.shape[:-1])
         for net in self.nets:
-            shift, log_scale = net(x).chunk(2, -1)
+            shift, log_scale = net(x)[..., : 2 * self.features].chunk(2, -1)
             x = x + shift
             total = total + log_scale.sum(-1)
         return total
@@ -233,9 +318,7 @@ def paired_ratio(timings: dict, numerator: str, denominator: str) -> float | Non
     comes and goes between rounds cancels, unlike in a ratio of the two medians."""
     if numerator not in timings or denominator not in timings:
         return None
-    pairs = zip(
-        timings[numerator]["repeats_ms"], timings[denominator]["repeats_ms"], strict=True
-    )
+    pairs = zip(timings[numerator]["repeats_ms"], timings[denominator]["repeats_ms"], strict=True)
     return statistics.median(a / b for a, b in pairs)
 
 
@@ -264,10 +347,29 @@ def no_grad_fn(fn: Callable, *args):
 def bench_dimension(features: int, libraries: list[Library], settings: dict) -> dict:
     """All cases at one D: {case: {library: timing}}, plus parameter counts."""
     torch.manual_seed(0)
+    by_name = {lib.name: lib for lib in libraries}
     mafs = {lib.name: lib.build_maf(features) for lib in libraries}
+    spline_mafs = {lib.name: lib.build_spline_maf(features) for lib in libraries}
     floor = Floor(features)
+    spline_floor = Floor(features, RationalQuadraticSpline(BINS, TAIL_BOUND).num_params)
     iaf = build_iaf(features, NUM_LAYERS, HIDDEN, permutation="reverse")
-    models = {**mafs, "floor": floor, "ours IAF": iaf}
+    spline_iaf = build_iaf(
+        features,
+        NUM_LAYERS,
+        HIDDEN,
+        permutation="reverse",
+        transform="spline",
+        bins=BINS,
+        tail_bound=TAIL_BOUND,
+    )
+    models = {
+        **mafs,
+        "floor": floor,
+        "ours IAF": iaf,
+        **{f"{name} spline": model for name, model in spline_mafs.items()},
+        "floor spline": spline_floor,
+        "ours spline IAF": spline_iaf,
+    }
     for name, model in models.items():
         dtypes = {p.dtype for p in model.parameters()}
         if dtypes != {torch.float32}:
@@ -276,40 +378,55 @@ def bench_dimension(features: int, libraries: list[Library], settings: dict) -> 
 
     x_train = torch.randn(TRAIN_BATCH, features)
     x_eval = torch.randn(LOG_PROB_POINTS, features)
-    by_name = {lib.name: lib for lib in libraries}
 
-    def log_prob_of(name):
-        if name == "floor":
-            return floor.log_prob
-        return lambda x: by_name[name].log_prob(mafs[name], x)
+    def maf_cases(prefix: str, flows: dict[str, nn.Module], floor: Floor, cases: tuple[str, ...]):
+        """The MAF cases named ``prefix + case`` for one transform, every library + floor."""
+        train_models = {**flows, "floor": floor}
+        log_prob = {name: partial(by_name[name].log_prob, flow) for name, flow in flows.items()}
+        log_prob["floor"] = floor.log_prob
+        adam = {name: torch.optim.Adam(m.parameters(), lr=1e-4) for name, m in train_models.items()}
+        every = {
+            "train_fwd_bwd": {
+                name: train_fn(log_prob[name], model, x_train)
+                for name, model in train_models.items()
+            },
+            "train_step": {
+                name: train_fn(log_prob[name], model, x_train, adam[name])
+                for name, model in train_models.items()
+            },
+            "maf_log_prob": {name: no_grad_fn(log_prob[name], x_eval) for name in train_models},
+            "maf_sample": {
+                name: no_grad_fn(by_name[name].sample, flow, SAMPLE_POINTS)
+                for name, flow in flows.items()
+            },
+        }
+        return {prefix + case: every[case] for case in cases}
 
-    train_models = {**mafs, "floor": floor}
     cases: dict[str, dict[str, Callable]] = {
-        "train_fwd_bwd": {
-            name: train_fn(log_prob_of(name), model, x_train)
-            for name, model in train_models.items()
-        },
-        "train_step": {
-            name: train_fn(log_prob_of(name), model, x_train,
-                           torch.optim.Adam(model.parameters(), lr=1e-4))
-            for name, model in train_models.items()
-        },
-        "maf_log_prob": {name: no_grad_fn(log_prob_of(name), x_eval) for name in train_models},
-        "maf_sample": {
-            lib.name: no_grad_fn(lib.sample, mafs[lib.name], SAMPLE_POINTS) for lib in libraries
-        },
+        **maf_cases("", mafs, floor, ("train_fwd_bwd", "train_step", "maf_log_prob", "maf_sample")),
         "iaf_sample": {"ours": no_grad_fn(iaf.sample, (SAMPLE_POINTS,))},
-        "iaf_sample_and_log_prob": {
-            "ours": no_grad_fn(iaf.sample_and_log_prob, (SAMPLE_POINTS,))
+        "iaf_sample_and_log_prob": {"ours": no_grad_fn(iaf.sample_and_log_prob, (SAMPLE_POINTS,))},
+        **maf_cases(
+            "spline_", spline_mafs, spline_floor, ("train_step", "maf_log_prob", "maf_sample")
+        ),
+        "spline_iaf_sample_and_log_prob": {
+            "ours": no_grad_fn(spline_iaf.sample_and_log_prob, (SAMPLE_POINTS,))
         },
     }
     results: dict[str, dict] = {}
+    reduced_settings: dict[str, dict] = {}
     for case, candidates in cases.items():
         for model in models.values():
-            model.train(case.startswith("train"))
-        results[case] = time_interleaved(candidates, **settings)
+            model.train("train" in case)
+        reduced = REDUCED.get((case, features), {})
+        case_settings = {
+            key: min(value, reduced.get(key, value)) for key, value in settings.items()
+        }
+        results[case] = time_interleaved(candidates, **case_settings)
+        if reduced:
+            reduced_settings[case] = case_settings
         line = ", ".join(f"{n} {r['median_ms']:.3g} ms" for n, r in results[case].items())
-        print(f"  D={features:<3} {case:<24} {line}", file=sys.stderr, flush=True)
+        print(f"  D={features:<3} {case:<32} {line}", file=sys.stderr, flush=True)
     ratios = {
         case: {
             f"{a}/{b}": ratio
@@ -318,7 +435,12 @@ def bench_dimension(features: int, libraries: list[Library], settings: dict) -> 
         }
         for case, timings in results.items()
     }
-    return {"parameters": parameters, "cases": results, "paired_ratios": ratios}
+    return {
+        "parameters": parameters,
+        "cases": results,
+        "paired_ratios": ratios,
+        "reduced_settings": reduced_settings,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -362,8 +484,11 @@ def git_revision() -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "distill"], cwd=root, capture_output=True,
-            text=True, check=True,
+            ["git", "status", "--porcelain", "--", "distill"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -415,14 +540,25 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one repeat, one warm-up; writes no JSON unless --output")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: see experiments/README.md)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc as it is (see keep_freed_memory)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON path (default: {RESULTS} for a full run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: one repeat, one warm-up; writes no JSON unless --output",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: see experiments/README.md)",
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (see keep_freed_memory)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"JSON path (default: {RESULTS} for a full run)"
+    )
     args = parser.parse_args(argv)
 
     allocator = "unchanged (--default-malloc)" if args.default_malloc else keep_freed_memory()
@@ -451,13 +587,17 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_before": os.getloadavg(),
     }
     revision = git_revision()
-    print(f"distill {revision}, torch {machine['torch']}, {machine['cpu_model']}, "
-          f"{machine['cpus_usable']} usable CPUs, "
-          f"load average {machine['load_average_before'][0]:.1f}")
+    print(
+        f"distill {revision}, torch {machine['torch']}, {machine['cpu_model']}, "
+        f"{machine['cpus_usable']} usable CPUs, "
+        f"load average {machine['load_average_before'][0]:.1f}"
+    )
     policy = machine["OMP_WAIT_POLICY"]
-    print(f"torch.get_num_threads() = {machine['torch_num_threads']}, OMP_WAIT_POLICY = {policy} "
-          f"(set by {machine['OMP_WAIT_POLICY_set_by']}"
-          f"{'' if policy == 'PASSIVE' else '; PASSIVE is recommended'})")
+    print(
+        f"torch.get_num_threads() = {machine['torch_num_threads']}, OMP_WAIT_POLICY = {policy} "
+        f"(set by {machine['OMP_WAIT_POLICY_set_by']}"
+        f"{'' if policy == 'PASSIVE' else '; PASSIVE is recommended'})"
+    )
     print(f"allocator: {allocator}")
     print("peers: " + ", ".join(f"{name} {status}" for name, status in peer_status.items()))
     print(f"{'quick' if args.quick else 'full'} run: {settings}", flush=True)
@@ -469,27 +609,38 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(table(results))
-    print(f"\nms: median wall time per call. Ratios: median over rounds of the same-round ratio; "
-          f"peer/ours > 1 means ours is faster.\nfloor: the same MLPs without masks or flow code. "
-          f"{elapsed:.0f} s in all.")
+    print(
+        f"\nms: median wall time per call. Ratios: median over rounds of the same-round ratio; "
+        f"peer/ours > 1 means ours is faster.\nfloor: the same MLPs without masks or flow code. "
+        f"{elapsed:.0f} s in all."
+    )
 
     output = args.output or (None if args.quick else RESULTS)
     if output is not None:
         report = {
             "command": f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} python "
-                       + " ".join(sys.argv),
+            + " ".join(sys.argv),
             "git_revision": revision,
             "machine": machine,
             "peers": peer_status,
             "architecture": {
-                "num_layers": NUM_LAYERS, "hidden_features": list(HIDDEN), "activation": "ReLU",
-                "transform": "affine", "ordering": "reversed between layers",
+                "num_layers": NUM_LAYERS,
+                "hidden_features": list(HIDDEN),
+                "activation": "ReLU",
+                "transform": "affine; spline cases: rational-quadratic, "
+                f"{BINS} bins on [-{TAIL_BOUND:g}, {TAIL_BOUND:g}], linear tails",
+                "ordering": "reversed between layers",
                 "dtype": "float32",
             },
-            "settings": {**settings, "quick": args.quick, "train_batch": TRAIN_BATCH,
-                         "log_prob_points": LOG_PROB_POINTS, "sample_points": SAMPLE_POINTS,
-                         "train_step": "zero_grad + -log_prob(x).mean() + backward "
-                                       "(+ Adam.step() in train_step, not in train_fwd_bwd)"},
+            "settings": {
+                **settings,
+                "quick": args.quick,
+                "train_batch": TRAIN_BATCH,
+                "log_prob_points": LOG_PROB_POINTS,
+                "sample_points": SAMPLE_POINTS,
+                "train_step": "zero_grad + -log_prob(x).mean() + backward "
+                "(+ Adam.step() in train_step, not in train_fwd_bwd)",
+            },
             "elapsed_s": round(elapsed, 1),
             "results": {str(features): value for features, value in results.items()},
         }
