@@ -146,3 +146,23 @@ def test_an_unknown_optimized_metric_is_refused_by_name(tmp_path):
             "error: optimized_metric=teacher/nope is not a metric of this run: choose one of"
         )
     )
+
+
+def test_the_optuna_search_config_runs_trials_and_shares_the_teacher(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optuna extra")
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "distill",
+        "hparams_search=student_optuna",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        "teacher.trainer.max_steps=5",
+        "student.trainer.max_steps=2",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "student.optim.lr" in best and "best_value" in best
+    assert len(list((sweep / "teachers").glob("*/checkpoints/best.ckpt"))) == 1
