@@ -1,0 +1,195 @@
+"""A trained flow shipped as a standalone sampler: a `torch.export` program (``.pt2``) or an ONNX
+model that maps standard normal noise ``(N, D)`` (and a context ``(N, C)`` for a conditional
+flow) to samples ``(N, D)`` in the data's own space, with the batch size N free.
+
+The program is the forward (noise -> data) of ``in_data_space(flow, preprocessing)``: the flow's
+forward, then the fixed preprocessing's forward. It holds its weights as frozen tensors, and
+loads and runs with torch alone (``torch.export.load(path).module()``), or with any ONNX runtime.
+Beside it, ``<path>.json`` says what goes in and what comes out.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import distill
+from distill.flows import Bijector, Flow, in_data_space
+
+FORMATS = ("pt2", "onnx")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+BATCH = "batch"  # the name of the dynamic dimension, in the program and in its JSON
+# --format onnx needs these; the extra that installs them (pip install "distill[onnx]")
+ONNX_PACKAGES = ("onnx", "onnxscript")
+ONNX_EXTRA = "onnx"
+
+
+class Sampler(nn.Module):
+    """``noise (N, D)`` [+ ``context (N, C)``] -> ``samples (N, D)``: the forward (noise -> data)
+    of ``bijector``, its log-det dropped."""
+
+    def __init__(self, bijector: Bijector):
+        super().__init__()
+        self.bijector = bijector
+
+    def forward(self, noise: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.bijector(noise, context)[0]
+
+
+def sampler(
+    flow: Flow, preprocessing: Bijector | None, dtype: torch.dtype = torch.float32
+) -> Sampler:
+    """A frozen copy (eval mode, no gradients, in ``dtype``) of the data-space forward of
+    ``flow``: noise ``(N, D)`` -> the flow's forward -> the preprocessing's forward -> data
+    ``(N, D)``. The originals are not touched."""
+    bijector = copy.deepcopy(in_data_space(flow, preprocessing).bijector)
+    return Sampler(bijector).to(dtype).eval().requires_grad_(False)
+
+
+def export_program(
+    flow: Flow,
+    preprocessing: Bijector | None,
+    dtype: torch.dtype = torch.float32,
+    context_features: int | None = None,
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``sampler(flow, preprocessing, dtype)``, inputs ``noise (N, D)`` [and
+    ``context (N, C)``], the batch dimension free (named ``BATCH``, N >= 1). Dead code is
+    removed: the flow computes log-dets on its way that a sampler never returns."""
+    example = [torch.randn(2, flow.features, dtype=dtype)]
+    if context_features:
+        example.append(torch.randn(2, context_features, dtype=dtype))
+    batch = torch.export.Dim(BATCH, min=1)
+    program = torch.export.export(
+        sampler(flow, preprocessing, dtype),
+        tuple(example),
+        dynamic_shapes=tuple({0: batch} for _ in example),
+    )
+    program.graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
+def check_onnx_installed() -> None:
+    """Raise a one-line ImportError naming the first missing package for ``--format onnx``."""
+    for package in ONNX_PACKAGES:
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(
+                f"--format onnx needs the `{package}` package, which is not installed: "
+                f'pip install "distill[{ONNX_EXTRA}]" (or pip install {" ".join(ONNX_PACKAGES)})'
+            )
+
+
+def _onnx_searchsorted(
+    sorted_sequence, values, out_int32=False, right=False, side=None, sorter=None
+):
+    """ONNX has no searchsorted (the spline's bin lookup): count the knots before each value,
+    ``sorted (..., K), values (..., M) -> (..., M)``, as torch does (right: knots <= value)."""
+    from onnxscript import INT32, INT64
+    from onnxscript import opset18 as op
+
+    if sorter is not None:
+        raise NotImplementedError("searchsorted with a sorter has no ONNX translation here")
+    knots = op.Unsqueeze(sorted_sequence, [-2])  # (..., 1, K)
+    points = op.Unsqueeze(values, [-1])  # (..., M, 1)
+    before = op.LessOrEqual(knots, points) if right or side == "right" else op.Less(knots, points)
+    count = op.ReduceSum(op.Cast(before, to=INT64.dtype), [-1], keepdims=0)
+    return op.Cast(count, to=INT32.dtype) if out_int32 else count
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: Path, input_names: list[str]) -> None:
+    """``program`` as an ONNX model at ``path`` (the batch dimension stays dynamic)."""
+    check_onnx_installed()
+    torch.onnx.export(
+        program,
+        f=path,
+        dynamo=True,
+        input_names=input_names,
+        output_names=["samples"],
+        custom_translation_table={torch.ops.aten.searchsorted.Tensor: _onnx_searchsorted},
+        verbose=False,
+    )
+
+
+def export_sampler(
+    flow: Flow,
+    preprocessing: Bijector | None,
+    path: str | os.PathLike,
+    format: str = "pt2",
+    dtype: str = "float32",
+    context_features: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the data-space sampler of ``flow`` (model space) and ``preprocessing`` (model ->
+    data) to ``path`` as a ``format`` program ("pt2": `torch.export.save`; "onnx") in
+    ``dtype``, and its description to ``<path>.json``: inputs and outputs (shapes with the
+    dynamic dimension named), dtype, features, the noise distribution, versions, and
+    ``provenance`` (the checkpoint, the config). Returns that description."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if format == "onnx":
+        check_onnx_installed()
+        if dtype != "float32":
+            raise ValueError(
+                "ONNX export is float32 only: ONNX Runtime has no float64 kernel for some of "
+                "the flow's operations (Softplus); use --format pt2 for float64"
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = flow.features
+    program = export_program(flow, preprocessing, DTYPES[dtype], context_features)
+    inputs = [
+        {
+            "name": "noise",
+            "shape": [BATCH, features],
+            "dtype": dtype,
+            "distribution": "standard normal N(0, I): torch.randn(N, D)",
+        }
+    ]
+    if context_features:
+        inputs.append({"name": "context", "shape": [BATCH, context_features], "dtype": dtype})
+    if format == "pt2":
+        torch.export.save(program, path)
+        usage = "torch.export.load(path).module()(noise)"
+    else:
+        save_onnx(program, path, [spec["name"] for spec in inputs])
+        usage = 'onnxruntime.InferenceSession(path).run(None, {"noise": noise})[0]'
+    description = {
+        "format": format,
+        "file": path.name,
+        "usage": usage,
+        "inputs": inputs,
+        "outputs": [
+            {
+                "name": "samples",
+                "shape": [BATCH, features],
+                "dtype": dtype,
+                "space": "data (the flow's forward, then the preprocessing's forward)",
+            }
+        ],
+        "dynamic_dims": {BATCH: {"min": 1, "max": None}},
+        "dtype": dtype,
+        "features": features,
+        "context_features": context_features,
+        "noise": {"distribution": "standard_normal", "mean": 0.0, "std": 1.0},
+        "distill_version": distill.__version__,
+        "torch_version": torch.__version__,
+        **(provenance or {}),
+    }
+    metadata_path(path).write_text(json.dumps(description, indent=1) + "\n")
+    return description
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """Where the description of the program at ``path`` goes: ``<path>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
