@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distill import data, flows
 
@@ -30,12 +30,18 @@ BUILDERS: dict[str, Callable[..., Any]] = {
 
 
 def plain(spec: Mapping[str, Any] | DictConfig | None) -> dict[str, Any] | None:
-    """A resolved, plain-``dict`` copy of ``spec`` (DictConfigs are converted)."""
+    """A resolved, plain-``dict`` copy of ``spec`` (DictConfigs and ListConfigs are converted)."""
     if spec is None:
         return None
     if isinstance(spec, DictConfig):
         return OmegaConf.to_container(spec, resolve=True)
-    return {k: (plain(v) if isinstance(v, Mapping | DictConfig) else v) for k, v in spec.items()}
+    return {key: _plain_value(value) for key, value in spec.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return plain(value) if isinstance(value, Mapping) else value
 
 
 def _special_keys(value: Any, path: str) -> list[str]:
