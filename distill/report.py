@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,51 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def append_overrides_history(run_dir: str | Path, overrides: Sequence[str]) -> Path:
+    """Append this launch's overrides, with the time, to ``run_dir/overrides_history.jsonl``:
+    Hydra rewrites ``.hydra/overrides.yaml`` on every launch into the same directory (a
+    resume), this file keeps every launch."""
+    path = Path(run_dir) / "overrides_history.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    launch = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "overrides": list(overrides),
+    }
+    with open(path, "a") as history:
+        history.write(json.dumps(launch) + "\n")
+    return path
+
+
+def key_settings(cfg: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any]:
+    """The resolved config's values a reader of a report asks for first: the data, each
+    stage's flow (builder, transform, layers, widths), optimizer and steps, the student's loss
+    terms and start."""
+    settings: dict[str, Any] = {"data": cfg["data"].get("name")}
+    for stage in stages:
+        node = cfg[stage]
+        flow = node["flow"]
+        settings[f"{stage}.flow"] = (
+            f"{flow['_target_'].rsplit('.', 1)[-1]} ({flow.get('transform', 'affine')}, "
+            f"{flow.get('num_layers')} layers of {list(flow.get('hidden_features', []))})"
+        )
+        settings[f"{stage}.optim"] = f"{node['optim']['name']} lr {node['optim']['lr']}"
+        settings[f"{stage}.trainer.max_steps"] = node["trainer"]["max_steps"]
+    if "student" in stages:
+        settings["student.loss.terms"] = dict(cfg["student"]["loss"]["terms"])
+        settings["student.init"] = cfg["student"]["init"]
+    return settings
+
+
 def write_run(
     run_dir: str | Path,
     metrics: Mapping[str, Any],
     figures: Mapping[str, Figure],
     overrides: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png`` and
-    ``run_dir/report.md``; returns the report's path."""
+    ``run_dir/report.md`` (``settings``: the config's key values, see `key_settings`);
+    returns the report's path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(
@@ -50,7 +88,7 @@ def write_run(
         name: save_figure(figure, run_dir / "plots" / f"{name}.png")
         for name, figure in figures.items()
     }
-    return write_report(run_dir, metrics, images, overrides)
+    return write_report(run_dir, metrics, images, overrides, settings)
 
 
 def write_report(
@@ -58,11 +96,14 @@ def write_report(
     metrics: Mapping[str, Any],
     images: Mapping[str, Path],
     overrides: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
-    """``run_dir/report.md``: the overrides of the run, a teacher | student table, every
-    metric, and the images (linked relative to the run directory)."""
+    """``run_dir/report.md``: the overrides of the run and its key settings, a teacher |
+    student table, every metric, and the images (linked relative to the run directory)."""
     command = " ".join(overrides) if overrides else "(defaults)"
     lines = ["# distill report", "", f"Overrides: `{command}`", ""]
+    if settings:
+        lines += [f"- `{key}`: {value}" for key, value in settings.items()] + [""]
     if "student/init" in metrics:
         start = (
             "a warm start from the teacher's weights"

@@ -126,6 +126,11 @@ def test_a_resumed_stage_continues_its_wandb_run(tmp_path, wandb_env):
         ids |= {r["run"]["run_id"] for r in wandb_records(run_dir) if r["type"] == "run"}
     assert ids == {run_id}
     assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 30
+    history = [
+        json.loads(line) for line in (run / "overrides_history.jsonl").read_text().splitlines()
+    ]
+    assert len(history) == 2 and "teacher.resume=last" in history[1]["overrides"]
+    assert "teacher.resume=last" not in history[0]["overrides"]
 
 
 def test_an_unknown_optimized_metric_is_refused_by_name(tmp_path):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.models import TeacherModule
-from distill.report import write_run
+from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import distill_student, load_teacher, train_teacher
 from distill.training import run_overrides, sweep_dir
 
@@ -51,13 +51,15 @@ def shared_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, dic
             return load_teacher(metrics["teacher/checkpoint"]), metrics
         trained = train_teacher(cfg, directory)
         if trained.is_global_zero:
-            write_run(directory, trained.metrics, trained.figures, run_overrides())
+            settings = key_settings(cfg, ("teacher",))
+            write_run(directory, trained.metrics, trained.figures, run_overrides(), settings)
         return trained.module, trained.metrics
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Both stages into ``cfg.paths.output_dir``; the merged metrics (None off rank zero)."""
     run_dir = Path(cfg.paths.output_dir)
+    append_overrides_history(run_dir, run_overrides())
     sweep = sweep_dir()
     if cfg.teacher.ckpt is not None:
         teacher, metrics = load_teacher(cfg.teacher.ckpt), {"teacher/checkpoint": cfg.teacher.ckpt}
@@ -70,7 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if not student.is_global_zero:
         return None
     metrics = {**metrics, **student.metrics}
-    write_run(run_dir, metrics, student.figures, run_overrides())
+    settings = key_settings(cfg, ("teacher", "student"))
+    write_run(run_dir, metrics, student.figures, run_overrides(), settings)
     return metrics
 
 

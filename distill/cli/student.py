@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.cli.common import exit_on_user_error, optimized_metric
-from distill.report import write_run
+from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import distill_student, load_teacher
 from distill.training import run_overrides
 
@@ -22,10 +22,13 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Distill ``cfg.teacher.ckpt`` into ``cfg.paths.output_dir``; the metrics (None off rank
     zero)."""
     run_dir = Path(cfg.paths.output_dir)
+    append_overrides_history(run_dir, run_overrides())
     student = distill_student(cfg, load_teacher(cfg.teacher.ckpt), run_dir)
     if not student.is_global_zero:
         return None
-    write_run(run_dir, student.metrics, student.figures, run_overrides())
+    write_run(
+        run_dir, student.metrics, student.figures, run_overrides(), key_settings(cfg, ("student",))
+    )
     return student.metrics
 
 

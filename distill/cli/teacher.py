@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.cli.common import exit_on_user_error, optimized_metric
-from distill.report import write_run
+from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import train_teacher
 from distill.training import run_overrides
 
@@ -20,10 +20,13 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Train the teacher into ``cfg.paths.output_dir``; its metrics (None off rank zero)."""
     run_dir = Path(cfg.paths.output_dir)
+    append_overrides_history(run_dir, run_overrides())
     teacher = train_teacher(cfg, run_dir)
     if not teacher.is_global_zero:
         return None
-    write_run(run_dir, teacher.metrics, teacher.figures, run_overrides())
+    write_run(
+        run_dir, teacher.metrics, teacher.figures, run_overrides(), key_settings(cfg, ("teacher",))
+    )
     return teacher.metrics
 
 

@@ -184,6 +184,7 @@ def test_distill_end_to_end_with_tiny_step_counts(tmp_path):
     assert (run / "teacher" / "checkpoints" / "best.ckpt").is_file()
     assert (run / "student" / "checkpoints" / "best.ckpt").is_file()
     assert "Overrides: `data=moons" in report
+    assert "- `student.loss.terms`: {'reverse_kl': 1.0, 'forward_kl': 0.1}" in report
     for image in images:
         assert image.resolve().is_relative_to(run.resolve())
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "outputs").exists()
