@@ -19,14 +19,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from distill.checkpoint_io import AtomicCheckpointIO
 from distill.plots import figure_to_array
+from distill.wandb_setup import wandb_can_go_online
 
 # Lightning 2.6 builds a torch LeafSpec for every dataloader, which torch 2.13 deprecates: a
 # warning on every run that no argument avoids. Only that message is silenced.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+log = logging.getLogger(__name__)
+
 # Lightning's start-up banner (accelerators, a product tip) is not the run's own output.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
@@ -112,6 +117,24 @@ def _wandb_logger(
     stage_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
     os.environ.setdefault("WANDB_SILENT", "true")  # W&B's console chatter: WANDB_SILENT=false
+    wants_online = not spec.get("offline") and os.environ.get("WANDB_MODE") not in (
+        "offline",
+        "disabled",
+    )
+    if wants_online:
+        online, reason = wandb_can_go_online()
+        if not online:
+            warnings.warn(
+                f"W&B logger `{name}` cannot go online ({reason}); logging offline instead. "
+                "Set WANDB_API_KEY (or `wandb login`) to log online.",
+                stacklevel=1,
+            )
+            spec = {**_placed(spec), "offline": True, "log_model": False}
+            # W&B's global settings keep the mode of their first use (the check's: online)
+            os.environ["WANDB_MODE"] = "offline"
+            import wandb
+
+            wandb.teardown()
     id_file = stage_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
     placed = _placed(
@@ -137,6 +160,23 @@ def _wandb_logger(
     return logger
 
 
+class SaveOnTerminate(L.Callback):
+    """On SIGTERM (a scheduler's stop, a preemption) Lightning ends ``fit`` after the current
+    step; this writes that state as ``last.ckpt`` first, so the run resumes from it."""
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception) -> None:
+        callback = trainer.checkpoint_callback
+        if isinstance(exception, SIGTERMException) and callback is not None and callback.dirpath:
+            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
+
+
+class Terminated(SystemExit):
+    """The run stopped on SIGTERM: exit status 143 (128 + 15), as a killed process reports."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 def build_trainer(stage_cfg: DictConfig, loggers: list[Logger], stage_dir: Path) -> L.Trainer:
     """The stage's Trainer and callbacks; checkpoints go to ``stage_dir/checkpoints`` unless the
     config names a directory, and progress bars show only on a terminal unless set."""
@@ -148,12 +188,15 @@ def build_trainer(stage_cfg: DictConfig, loggers: list[Logger], stage_dir: Path)
         if placed.get("_target_", "").endswith("ModelCheckpoint"):
             placed = _placed(placed, dirpath=str(stage_dir / "checkpoints"))
         callbacks.append(instantiate(placed))
+    callbacks.append(SaveOnTerminate())
     trainer = _placed(
         stage_cfg.trainer,
         default_root_dir=str(stage_dir),
         enable_progress_bar=sys.stderr.isatty(),
     )
-    return instantiate(trainer, logger=loggers or False, callbacks=callbacks)
+    return instantiate(
+        trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def fit(
@@ -169,13 +212,34 @@ def fit(
     Returns ``(trainer, loggers, best module, metrics)`` with ``{stage}/train_time_s``,
     ``{stage}/global_step`` and ``{stage}/checkpoint`` in the metrics."""
     stage_cfg = cfg[stage]
+    resume = stage_cfg.get("resume")
+    if resume == "last" and not (stage_dir / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(
+            f"{stage}.resume=last but {stage_dir / 'checkpoints'} holds no last.ckpt: pass "
+            f"hydra.run.dir=<the run's directory>, or {stage}.resume=<path to a .ckpt>"
+        )
+    if resume is not None:
+        check_resumable(
+            Path(resume) if resume != "last" else stage_dir / "checkpoints" / "last.ckpt",
+            module,
+            stage,
+        )
     loggers = build_loggers(cfg, stage, stage_dir)
     trainer = build_trainer(stage_cfg, loggers, stage_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=stage_cfg.get("resume"), weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:
+        log.error(
+            "stopped by SIGTERM at global step %d; resume with %s.resume=last and "
+            "hydra.run.dir=<this run's directory>",
+            trainer.global_step,
+            stage,
+        )
+        raise Terminated() from None
     metrics = {
         f"{stage}/train_time_s": time.perf_counter() - start,
         f"{stage}/global_step": final_global_step(trainer),
@@ -188,6 +252,30 @@ def fit(
         best = str(Path(callback.dirpath) / "last.ckpt")
     metrics[f"{stage}/checkpoint"] = best
     return trainer, loggers, module.eval(), metrics
+
+
+def check_resumable(path: Path, module: L.LightningModule, stage: str) -> None:
+    """A one-line error unless ``path`` is a full checkpoint of ``module``'s architecture (a
+    truncated file, random bytes, another stage's or another flow's checkpoint)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint["state_dict"]
+        optimizer_states = checkpoint["optimizer_states"]
+    except Exception as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise ValueError(
+            f"cannot resume {stage} from {path}: it is not a complete training checkpoint "
+            f"({type(error).__name__}: {reason}); resume from another checkpoint of this stage "
+            "(best.ckpt keeps its weights), or start afresh"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in saved.items()}
+    if expected != found or not optimizer_states:
+        differ = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise ValueError(
+            f"cannot resume {stage} from {path}: it holds another model than this config builds "
+            f"(first differences: {differ}); resume with the overrides the run was started with"
+        )
 
 
 def final_global_step(trainer: L.Trainer) -> int:

@@ -3,6 +3,7 @@ of a sweep recorded instead of ending it, and the value a sweep optimizes."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -20,6 +21,16 @@ from distill.models.base import NonFiniteTrainingError
 from distill.training import run_overrides, sweep_dir
 
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteTrainingError)
+# Errors of the run's own disk: a full disk, a read-only or forbidden directory.
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, USER_ERRORS):
+        return True
+    return isinstance(error, OSError) and error.errno in DISK_ERRORS
+
+
 FAILURES = "failures.jsonl"  # in a sweep's directory: one line per failed job
 
 
@@ -34,8 +45,8 @@ def exit_on_user_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfi
         logging.captureWarnings(True)  # warnings go to the run's log file too
         try:
             return task(cfg)
-        except USER_ERRORS as error:
-            if os.environ.get("DISTILL_TRACEBACK"):
+        except Exception as error:
+            if os.environ.get("DISTILL_TRACEBACK") or not _is_user_error(error):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sweep = sweep_dir()
@@ -59,6 +70,27 @@ def record_failure(run_dir: Path, sweep: Path, error: BaseException) -> None:
     (run_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
     with open(sweep / FAILURES, "a") as failures:
         failures.write(json.dumps(record) + "\n")
+
+
+class RunDirectoryGuard(Callback):
+    """Refuses, before Hydra writes anything into it, a run directory that already holds a
+    run (its metrics, checkpoints or stages), unless the command resumes a stage: two runs in
+    one directory would mix their configs, metrics and checkpoints."""
+
+    HELD = ("metrics.json", "checkpoints", "teacher", "student", "report.md")
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        held = [name for name in self.HELD if (run_dir / name).exists()]
+        resuming = any(config.get(stage, {}).get("resume") for stage in ("teacher", "student"))
+        if held and not resuming:
+            print(
+                f"error: run directory {run_dir} already holds a run ({', '.join(held)}): "
+                "resume it with teacher.resume=last (or student.resume=last), or choose another "
+                "hydra.run.dir",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
 
 class SweepSummary(Callback):

@@ -2,7 +2,8 @@
 writes one report (Hydra entry point; config: distill.yaml).
 
 The run directory holds ``teacher/`` and ``student/`` (each stage's checkpoints and logger
-output) and, at the top, ``metrics.json``, ``plots/`` and ``report.md``. In a multirun sweep
+output; the teacher's metrics, figures and report once it is finished) and, at the top,
+``metrics.json``, ``plots/`` and ``report.md``. In a multirun sweep
 the teachers live in ``<sweep dir>/teachers/<hash of the teacher's config>/``: jobs that differ
 only in student settings train their teacher once and share it.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from distill.checks import validate
 from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.models import TeacherModule
 from distill.report import append_overrides_history, key_settings, write_run
@@ -38,9 +40,11 @@ def teacher_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def shared_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, dict[str, Any]]:
-    """The teacher of ``cfg`` in ``directory``, trained there by the first job that needs it
-    (under a file lock: parallel launchers wait for it) and loaded by the others."""
+def finished_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, dict[str, Any]]:
+    """The teacher of ``cfg`` in ``directory``, trained there (or resumed, with
+    ``teacher.resume``) by the first job that needs it, under a file lock that parallel
+    launchers wait on; a finished one (its ``metrics.json`` written) is loaded instead: by the
+    other jobs of a sweep, or when the student stage of a run is resumed."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -58,16 +62,15 @@ def shared_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, dic
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Both stages into ``cfg.paths.output_dir``; the merged metrics (None off rank zero)."""
+    validate(cfg, ("student",) if cfg.teacher.ckpt is not None else ("teacher", "student"))
     run_dir = Path(cfg.paths.output_dir)
     append_overrides_history(run_dir, run_overrides())
     sweep = sweep_dir()
     if cfg.teacher.ckpt is not None:
         teacher, metrics = load_teacher(cfg.teacher.ckpt), {"teacher/checkpoint": cfg.teacher.ckpt}
-    elif sweep is not None:
-        teacher, metrics = shared_teacher(cfg, sweep / "teachers" / teacher_key(cfg))
     else:
-        trained = train_teacher(cfg, run_dir / "teacher")
-        teacher, metrics = trained.module, trained.metrics
+        directory = run_dir / "teacher" if sweep is None else sweep / "teachers" / teacher_key(cfg)
+        teacher, metrics = finished_teacher(cfg, directory)
     student = distill_student(cfg, teacher, run_dir / "student")
     if not student.is_global_zero:
         return None

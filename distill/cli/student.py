@@ -10,6 +10,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from distill.checks import validate
 from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import distill_student, load_teacher
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Distill ``cfg.teacher.ckpt`` into ``cfg.paths.output_dir``; the metrics (None off rank
     zero)."""
+    validate(cfg, ("student",))
     run_dir = Path(cfg.paths.output_dir)
     append_overrides_history(run_dir, run_overrides())
     student = distill_student(cfg, load_teacher(cfg.teacher.ckpt), run_dir)

@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from distill.checks import validate
 from distill.cli.common import exit_on_user_error, optimized_metric
 from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import train_teacher
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Train the teacher into ``cfg.paths.output_dir``; its metrics (None off rank zero)."""
+    validate(cfg, ("teacher",))
     run_dir = Path(cfg.paths.output_dir)
     append_overrides_history(run_dir, run_overrides())
     teacher = train_teacher(cfg, run_dir)

@@ -76,24 +76,49 @@ class FlowModule(L.LightningModule):
             self.trainer.estimated_stepping_batches,
         )
 
+    def on_train_start(self) -> None:
+        """Apply the configured learning rate, also when training resumes: a checkpoint restores
+        the optimizer's learning rate and the schedule's base rates of the run it came from,
+        which would silently override a new ``optim.lr``."""
+        lr = float(self.hparams.optim.get("lr", 1e-3))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+            factors = [f(scheduler.last_epoch) for f in getattr(scheduler, "lr_lambdas", [])]
+            for group, factor in zip(scheduler.optimizer.param_groups, factors, strict=False):
+                group["initial_lr"], group["lr"] = lr, lr * factor
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the learning rate and gradient norm. Before a non-finite gradient reaches the
-        weights, save the last finite state as ``last.ckpt`` and stop with a message that says
-        what to do."""
+        """Log the learning rate and gradient norm. Remember the weights whose gradient is
+        finite; when a gradient is not, write them to ``rescue.ckpt`` (``last.ckpt`` is kept)
+        and stop with a message that says what to do."""
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
+        parameters = [p for p in self.parameters() if p.grad is not None]
+        if not parameters:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters])
+        )
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         if not torch.isfinite(norm):
-            path = self._save_rescue_checkpoint()
+            path = self._save_rescue_checkpoint(parameters)
+            stage = self.stage
             raise NonFiniteTrainingError(
                 f"training became non-finite at global step {self.global_step} (gradient norm "
-                f"{norm.item()}). The last finite weights and optimizer state are in {path}. "
-                "Lower optim.lr, tighten trainer.gradient_clip_val or the flow's "
-                "log_scale_bound, then resume from " + str(path)
+                f"{norm.item()}). The last weights with a finite gradient are in {path} "
+                f"(last.ckpt is unchanged). Lower {stage}.optim.lr, tighten "
+                f"{stage}.trainer.gradient_clip_val or the flow's log_scale_bound, then resume "
+                f"with {stage}.resume={path}"
             )
+        with torch.no_grad():
+            if self._finite_weights is None:
+                self._finite_weights = [p.detach().clone() for p in parameters]
+            else:
+                for kept, parameter in zip(self._finite_weights, parameters, strict=True):
+                    kept.copy_(parameter)
+
+    _finite_weights: list[torch.Tensor] | None = None
+    stage: str  # the config node of the module's stage: "teacher" or "student"
 
     def on_train_end(self) -> None:
         """Lightning writes ``last.ckpt`` at the last validation; make it the final state, so
@@ -102,13 +127,19 @@ class FlowModule(L.LightningModule):
         if callback is not None and callback.save_last and callback.dirpath:
             self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
 
-    def _save_rescue_checkpoint(self) -> Path:
+    def _save_rescue_checkpoint(self, parameters: list[torch.nn.Parameter]) -> Path:
+        """``rescue.ckpt`` beside the checkpoints: the optimizer's state, with the weights of
+        the last step whose gradient was finite (the current ones on a first step)."""
         callback = self.trainer.checkpoint_callback
         directory = Path(
             callback.dirpath
             if callback is not None and callback.dirpath
             else self.trainer.default_root_dir
         )
-        path = directory / "last.ckpt"
+        if self._finite_weights is not None:
+            with torch.no_grad():
+                for parameter, kept in zip(parameters, self._finite_weights, strict=True):
+                    parameter.copy_(kept)
+        path = directory / "rescue.ckpt"
         self.trainer.save_checkpoint(path, weights_only=False)
         return path

@@ -43,6 +43,8 @@ class StudentModule(FlowModule):
     space views come from ``in_data_space(flow, self.preprocessing)``.
     """
 
+    stage = "student"
+
     def __init__(
         self,
         student: Mapping[str, Any],

@@ -30,6 +30,8 @@ class TeacherModule(FlowModule):
     nats (also as ``{val,test}/loss``, what checkpoints select on), and for D > 2 ``bpd``.
     """
 
+    stage = "teacher"
+
     def __init__(
         self,
         flow: Mapping[str, Any],

@@ -141,15 +141,19 @@ def test_non_finite_training_stops_with_a_usable_checkpoint(
 
     monkeypatch.setattr(TeacherModule, "training_step", poisoned)
     cfg = compose_config("teacher", [*SMALL_MOONS, "logger=none"])
-    with pytest.raises(NonFiniteTrainingError, match="non-finite at global step 7.*last.ckpt"):
+    with pytest.raises(
+        NonFiniteTrainingError,
+        match="non-finite at global step 7.*rescue.ckpt .last.ckpt is unchanged",
+    ):
         run_teacher(cfg)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, weights_only=True)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert not (checkpoints / "last.ckpt").exists()  # no epoch ended: nothing was overwritten
+    checkpoint = torch.load(checkpoints / "rescue.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 7
     assert all(
         torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
     )
-    teacher = TeacherModule.load_from_checkpoint(last)
+    teacher = TeacherModule.load_from_checkpoint(checkpoints / "rescue.ckpt")
     assert torch.isfinite(teacher(torch.randn(10, 2))).all()
 
 

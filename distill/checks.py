@@ -1,0 +1,125 @@
+"""One validation pass over a composed config before any training: types, ranges and
+combinations, each error naming its key and the fix, so a bad value costs seconds rather than a
+trained teacher. The builders check their own arguments again when they run; this pass only
+moves the failure to the start."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from distill.losses import LOSSES
+from distill.models.optim import OPTIMIZERS, SCHEDULES
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named by its key."""
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# key (relative to its stage node, or absolute with a leading "/") -> (test, what it must be)
+Rule = tuple[Callable[[Any], bool], str]
+STAGE_RULES: dict[str, Rule] = {
+    "optim.lr": (lambda v: _number(v) and v > 0, "a positive number, e.g. 1e-3"),
+    "optim.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "optim.warmup_steps": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "optim.min_lr_ratio": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "optim.name": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "optim.schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "trainer.max_steps": (
+        lambda v: _integer(v) and v > 0,
+        "a positive integer (the schedule needs a finite horizon; -1 and 0 train nothing useful)",
+    ),
+    "flow.num_layers": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "flow.hidden_features": (
+        lambda v: isinstance(v, Iterable) and len(v) > 0 and all(_integer(w) and w > 0 for w in v),
+        "a non-empty list of positive integers, e.g. [128,128]",
+    ),
+}
+STUDENT_RULES: dict[str, Rule] = {
+    "loss.num_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "evaluation.num_kl_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "evaluation.num_timing_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "ema_decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "init": (lambda v: v in ("teacher", "identity"), "teacher or identity"),
+    "loss.terms": (
+        lambda v: (
+            bool(v) and set(v) <= set(LOSSES) and all(_number(w) and w >= 0 for w in v.values())
+        ),
+        f"a mapping of loss names ({', '.join(LOSSES)}) to weights >= 0",
+    ),
+}
+GLOBAL_RULES: dict[str, Rule] = {
+    "seed": (lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2^32)"),
+    "data.batch_size": (lambda v: _integer(v) and v > 0, "a positive integer"),
+}
+
+
+def _check(cfg: DictConfig, key: str, rule: Rule) -> None:
+    value = _get(cfg, key)
+    if value is None:
+        return  # absent here (e.g. a flow without hidden_features): the builder's default
+    test, expected = rule
+    if isinstance(value, DictConfig | list) or hasattr(value, "_content"):
+        value = OmegaConf.to_container(value) if not isinstance(value, list) else value
+    if not test(value):
+        raise ConfigError(f"{key}={value!r} is not valid: it must be {expected}")
+
+
+def _closed_form_flows(cfg: DictConfig) -> None:
+    """ClariNet's closed form needs an affine MAF teacher and an affine IAF student sharing
+    one ordering (no permutations, no BatchNorm)."""
+    for stage, builder in (("teacher", "build_maf"), ("student", "build_iaf")):
+        flow = cfg[stage].flow
+        fits = (
+            str(flow.get("_target_", "")).endswith(builder)
+            and flow.get("permutation") == "none"
+            and flow.get("transform", "affine") == "affine"
+            and not flow.get("batch_norm", False)
+        )
+        if not fits:
+            raise ConfigError(
+                "student.loss.terms.reverse_kl_closed_form needs an affine MAF teacher and an "
+                "affine IAF student with one shared ordering: use flow@teacher.flow="
+                "maf_fixed_order flow@student.flow=iaf_fixed_order, or another loss"
+            )
+
+
+def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
+    """Raise a `ConfigError` naming the first invalid value of ``cfg`` for the ``stages`` a
+    command runs ("teacher", "student"; the student alone distills ``teacher.ckpt``), before
+    anything is trained."""
+    if "teacher" not in stages and _get(cfg, "teacher.ckpt") is None:
+        raise ConfigError(
+            "distill-student needs a trained teacher: pass teacher.ckpt=<path to a .ckpt "
+            "written by distill-teacher> (e.g. <run dir>/checkpoints/best.ckpt)"
+        )
+    for key, rule in GLOBAL_RULES.items():
+        _check(cfg, key, rule)
+    for stage in stages:
+        rules = {**STAGE_RULES, **(STUDENT_RULES if stage == "student" else {})}
+        for key, rule in rules.items():
+            _check(cfg, f"{stage}.{key}", rule)
+        resume = cfg[stage].get("resume")
+        if resume is not None and resume != "last" and not Path(str(resume)).is_file():
+            raise ConfigError(
+                f"{stage}.resume={resume} is not a file: pass a checkpoint written by this "
+                f"stage, or `last` with hydra.run.dir=<the run's directory>"
+            )
+    if "student" in stages and "reverse_kl_closed_form" in cfg.student.loss.terms:
+        _closed_form_flows(cfg)

@@ -1,0 +1,220 @@
+"""What a user gets when things go wrong: the config validated before any training, one line
+naming the problem and the fix, the right exit code, nothing lost (issue 9's cases; the
+checkpoint-safety, atomic-write and data-file cases have their own files)."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.checkpoint_io import AtomicCheckpointIO
+from distill.checks import ConfigError, validate
+from distill.stages import load_teacher
+from distill.training import build_loggers, build_trainer, check_resumable
+
+MOONS = ["data=moons", "data.num_train=2048", "data.num_val=256", "data.num_test=256"]
+
+
+def run_cli(command: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    executable = Path(sys.executable).parent / command
+    return subprocess.run(
+        [str(executable), *overrides], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        (
+            "teacher",
+            "teacher.optim.lr=abc",
+            r"teacher.optim.lr='abc' is not valid: it must be a positive",
+        ),
+        ("teacher", "seed=abc", r"seed='abc' is not valid"),
+        ("teacher", "seed=-1", r"seed=-1 is not valid"),
+        ("teacher", "teacher.flow.num_layers=2.5", r"teacher.flow.num_layers=2.5 is not valid"),
+        ("teacher", "data.batch_size=abc", r"data.batch_size='abc' is not valid"),
+        ("teacher", "teacher.trainer.max_steps=-1", r"max_steps=-1 is not valid: .*finite horizon"),
+        ("teacher", "teacher.trainer.max_steps=0", r"max_steps=0 is not valid"),
+        ("teacher", "teacher.flow.hidden_features=abc", r"hidden_features='abc' is not valid"),
+        ("teacher", "teacher.optim.warmup_steps=-10", r"warmup_steps=-10 is not valid"),
+        ("distill", "student.evaluation.num_kl_samples=0", r"num_kl_samples=0 is not valid"),
+        ("distill", "student.ema_decay=1.5", r"student.ema_decay=1.5 is not valid"),
+        ("distill", "+student.loss.terms.foo=1", r"student.loss.terms=.* is not valid"),
+        ("distill", "loss@student.loss=reverse_kl_closed_form", r"reverse_kl_closed_form needs"),
+        (
+            "teacher",
+            "teacher.resume=/nonexistent.ckpt",
+            r"teacher.resume=/nonexistent.ckpt is not a file",
+        ),
+        ("student", "data=moons", r"distill-student needs a trained teacher: pass teacher.ckpt="),
+    ],
+)
+def test_a_bad_value_is_refused_by_name_before_training(compose_config, config, override, message):
+    cfg = compose_config(config, [override])
+    stages = {"teacher": ("teacher",), "student": ("student",), "distill": ("teacher", "student")}
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, stages[config])
+
+
+def test_the_closed_form_with_fixed_orders_is_accepted(compose_config):
+    cfg = compose_config(
+        "distill",
+        [
+            "loss@student.loss=reverse_kl_closed_form",
+            "flow@teacher.flow=maf_fixed_order",
+            "flow@student.flow=iaf_fixed_order",
+        ],
+    )
+    validate(cfg, ("teacher", "student"))
+
+
+def test_every_shipped_config_validates(compose_config):
+    validate(compose_config("distill"), ("teacher", "student"))
+    for name in sorted(p.stem for p in Path("distill/conf/experiment").glob("*.yaml")):
+        validate(compose_config("distill", [f"experiment={name}"]), ("teacher", "student"))
+
+
+def test_checkpoints_are_written_atomically_by_every_trainer(compose_config, tmp_path):
+    trainer = build_trainer(compose_config("teacher").teacher, [], tmp_path)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"])
+def test_a_broken_teacher_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "teacher.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"cannot load teacher checkpoint .* corrupt") as error:
+        load_teacher(path)
+    assert "\n" not in str(error.value)
+
+
+def test_resuming_from_a_broken_or_foreign_checkpoint_is_one_line(tmp_path, compose_config):
+    from distill.models import TeacherModule
+
+    module = TeacherModule(flow={"_target_": "distill.flows.build_maf", "features": 2})
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="cannot resume teacher from .*not a complete training"):
+        check_resumable(broken, module, "teacher")
+    foreign = tmp_path / "foreign.ckpt"
+    other = TeacherModule(flow={"_target_": "distill.flows.build_realnvp", "features": 2})
+    torch.save({"state_dict": other.state_dict(), "optimizer_states": [{}]}, foreign)
+    with pytest.raises(ValueError, match="holds another model than this config builds"):
+        check_resumable(foreign, module, "teacher")
+
+
+def test_online_wandb_without_a_key_logs_offline_with_a_warning(
+    compose_config, tmp_path, wandb_env, monkeypatch
+):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / "netrc"))
+    cfg = compose_config("teacher", ["logger.wandb.offline=false"])
+    with pytest.warns(UserWarning, match="cannot go online .* logging offline instead"):
+        (logger,) = build_loggers(cfg, "teacher", tmp_path / "stage")
+    assert logger.experiment.settings.mode in ("offline", "dryrun")  # W&B says dryrun
+    logger.experiment.finish()
+
+
+def test_resume_last_without_a_checkpoint_is_refused(tmp_path):
+    result = run_cli(
+        "distill-teacher",
+        *MOONS,
+        "teacher.resume=last",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
+    assert "holds no last.ckpt" in one_line_error(result)
+
+
+def test_a_run_directory_that_holds_a_run_is_refused_unless_resuming(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    result = run_cli("distill-teacher", *MOONS, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert "already holds a run (metrics.json, checkpoints)" in one_line_error(result)
+    assert not (run / ".hydra").exists()  # refused before Hydra wrote its config there
+
+
+@pytest.mark.slow
+def test_the_non_finite_rescue_advice_works_as_a_user_follows_it(tmp_path):
+    run = tmp_path / "run"
+    common = [*MOONS, "logger=csv", "teacher.optim.warmup_steps=0", f"hydra.run.dir={run}"]
+    failed = run_cli(
+        "distill-teacher",
+        *common,
+        "teacher.optim.lr=1e3",
+        "teacher.trainer.max_steps=60",
+        cwd=tmp_path,
+    )
+    line = one_line_error(failed)
+    assert "training became non-finite" in line and "teacher.resume=" in line
+    rescue = run / "checkpoints" / "rescue.ckpt"
+    assert f"teacher.resume={rescue}" in line
+    state = torch.load(rescue, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    # the advice: a lower learning rate, resumed from the rescue checkpoint
+    resumed = run_cli(
+        "distill-teacher",
+        *common,
+        "teacher.optim.lr=1e-3",
+        "teacher.trainer.max_steps=60",
+        f"teacher.resume={rescue}",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["teacher/global_step"] == 60 and math.isfinite(metrics["teacher/test_nll"])
+    lrs = [
+        float(row.split(",")[header.index("train/lr")])
+        for header in [None]
+        for path in run.glob("csv/version_*/metrics.csv")
+        for lines in [path.read_text().splitlines()]
+        for header in [lines[0].split(",")]
+        for row in lines[1:]
+        if row.split(",")[header.index("train/lr")]
+    ]
+    assert lrs and max(lrs[-3:]) <= 1e-3  # the new learning rate, not the checkpoint's 1e3
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_after_saving_last_ckpt(tmp_path):
+    run = tmp_path / "run"
+    executable = Path(sys.executable).parent / "distill-teacher"
+    process = subprocess.Popen(
+        [
+            str(executable),
+            *MOONS,
+            "teacher.trainer.max_steps=1000000",
+            "logger=none",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoints/*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first validation has written best.ckpt: training is under way
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM at global step" in stdout + stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
