@@ -1,4 +1,5 @@
-"""Normalizing-flow bijectors, MADE and the `Flow` distribution (pure PyTorch).
+"""Normalizing-flow bijectors, their elementwise transforms (affine, rational-quadratic
+spline), MADE and the `Flow` distribution (pure PyTorch).
 
 Direction convention (TFP's): ``forward`` maps noise -> data (sampling), ``inverse`` maps
 data -> noise (density evaluation); each returns ``(output, log|det J|)`` of its direction.

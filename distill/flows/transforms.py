@@ -122,8 +122,11 @@ class RationalQuadraticSpline(ElementwiseTransform):
     min_derivative: float = 1e-3
 
     def __post_init__(self):
-        if self.bins < 1:
-            raise ValueError(f"bins must be >= 1, got {self.bins}")
+        if self.bins < 2:
+            raise ValueError(
+                f"bins must be >= 2 (one bin with unit end derivatives is the identity), "
+                f"got {self.bins}"
+            )
         if self.tail_bound <= 0:
             raise ValueError(f"tail_bound must be positive, got {self.tail_bound}")
         if not 0 <= self.min_bin_size * self.bins < 1:
@@ -176,18 +179,24 @@ class RationalQuadraticSpline(ElementwiseTransform):
         """``(inside, clamped, bin)``: which inputs lie in ``[-B, B]``, the inputs clamped
         there (so the unused spline branch of the tails stays finite, gradients included) and
         the `_Bin` of each input, found among the knots' x (``by_output``) or u."""
-        bound = self.tail_bound
-        knots, derivatives = self._knot_table(params)
+        bound, last = self.tail_bound, self.bins - 1
+        knots, derivatives = self._interior(params)
         shape = torch.broadcast_shapes(inputs.shape, params.shape[:-1])
         inside = (inputs >= -bound) & (inputs <= bound)
         clamped = inputs.clamp(-bound, bound).expand(shape)
+        # The bin is the number of interior knots at or below the point (right=True: a point
+        # on a knot belongs to the bin that starts there); +B belongs to the last bin.
         search_knots = knots[int(by_output)].movedim(0, -1).contiguous()
-        # right=True: a point on a knot belongs to the bin that starts there; +B to the last
         index = torch.searchsorted(search_knots, clamped.contiguous()[..., None], right=True)
-        index = (index[..., 0] - 1).clamp(0, self.bins - 1)
-        ends = torch.stack([index, index + 1])  # (2, ...): the left and right knot
+        index = index[..., 0]
+        # the bin's two ends among the interior knots; the first and last bins end at +-B
+        ends = torch.stack([index - 1, index]).clamp(0, last - 1)
+        first, final = index == 0, index == last
         (u_left, u_right), (x_left, x_right) = knots.gather(1, ends.expand(2, *ends.shape))
+        u_left, x_left = (torch.where(first, -bound, left) for left in (u_left, x_left))
+        u_right, x_right = (torch.where(final, bound, right) for right in (u_right, x_right))
         d_left, d_right = derivatives.gather(0, ends)
+        d_left, d_right = torch.where(first, 1.0, d_left), torch.where(final, 1.0, d_right)
         width, height = u_right - u_left, x_right - x_left
         slope = height / width
         curvature = d_left + d_right - 2 * slope
@@ -201,25 +210,27 @@ class RationalQuadraticSpline(ElementwiseTransform):
         """The spline's knots from its parameters ``(..., 3K - 1)``: their u-coordinates, their
         x-coordinates (both from exactly -B to exactly B) and the derivatives dx/du there (1
         at both ends), each ``(..., K + 1)``."""
-        knots, derivatives = self._knot_table(params)
-        u_knots, x_knots = knots.movedim(1, -1)
-        return u_knots, x_knots, derivatives.movedim(0, -1)
+        knots, derivatives = self._interior(params)
+        u_knots, x_knots = F.pad(knots.movedim(1, -1), (1, 0), value=-self.tail_bound)
+        ends = (F.pad(t, (0, 1), value=self.tail_bound) for t in (u_knots, x_knots))
+        return *ends, F.pad(derivatives.movedim(0, -1), (1, 1), value=1.0)
 
-    def _knot_table(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        """The knots ``(2, K + 1, ...)`` (u then x) and derivatives ``(K + 1, ...)`` from the
-        parameters ``(..., 3K - 1)``, with the knot axis in front: softmax, cumsum and
-        gather then run along long contiguous rows (the batch and the dimensions), where
-        PyTorch's CPU kernels along a last axis of K = 8 are many times slower."""
+    def _interior(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """The K - 1 interior knots ``(2, K - 1, ...)`` (u then x) and their derivatives
+        ``(K - 1, ...)`` from the parameters ``(..., 3K - 1)``. The knot axis is put in front:
+        softmax, cumsum and gather then run along long contiguous rows (the batch and the
+        dimensions), where PyTorch's CPU kernels along a last axis of K = 8 are many times
+        slower. The ends, +-B with derivative 1, are not stored: `_locate` sets them."""
         bins, bound, minimum = self.bins, self.tail_bound, self.min_bin_size
         raw_sizes, raw_derivatives = params.movedim(-1, 0).split([2 * bins, bins - 1])
         raw_sizes = raw_sizes.unflatten(0, (2, bins))  # widths, heights
-        # bin sizes on [-B, B]: 2B (min + (1 - K min) softmax)
-        sizes = torch.softmax(raw_sizes, dim=1) * (2 * bound * (1 - minimum * bins))
-        inner = torch.cumsum(sizes[:, :-1] + 2 * bound * minimum, dim=1) - bound
-        # both ends set, not summed, so that rounding cannot move the tails
-        edge = torch.full_like(sizes[:, :1], bound)
-        knots = torch.cat([-edge, inner, edge], dim=1)
+        fractions = torch.softmax(raw_sizes, dim=1)[:, :-1]
+        # knot j (1 to K - 1) = -B + 2B (j min + (1 - K min) (fraction_1 + ... + fraction_j))
+        shape = (bins - 1,) + (1,) * (fractions.dim() - 2)
+        steps = torch.arange(1, bins, dtype=fractions.dtype, device=fractions.device).view(shape)
+        offsets = 2 * bound * minimum * steps - bound
+        scale = 2 * bound * (1 - minimum * bins)
+        knots = torch.add(offsets, torch.cumsum(fractions, dim=1), alpha=scale)
         offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
         derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
-        one = torch.ones_like(sizes[0, :1])
-        return knots, torch.cat([one, derivatives, one])
+        return knots, derivatives

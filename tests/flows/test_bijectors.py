@@ -267,7 +267,7 @@ def test_closed_form_kl_refuses_spline_layers(flow):
             r"transform must be one of \('affine', 'spline'\)",
         ),
         (lambda: build_nice(2, transform="spline"), r"one of \('additive',\) for nice"),
-        (lambda: build_realnvp(2, transform="spline", bins=0), "bins must be >= 1"),
+        (lambda: build_realnvp(2, transform="spline", bins=0), "bins must be >= 2"),
         (lambda: build_iaf(2, transform="spline", tail_bound=-1.0), "tail_bound must be positive"),
         (lambda: build_maf(2, log_scale_bound=0.0), "log_scale_bound must be positive"),
     ],

@@ -12,7 +12,7 @@ TRANSFORMS = {
     "affine": Affine(),
     "affine_bound_1": Affine(log_scale_bound=1.0),
     "spline": RationalQuadraticSpline(),
-    "spline_1_bin": RationalQuadraticSpline(bins=1, tail_bound=2.0),
+    "spline_2_bins": RationalQuadraticSpline(bins=2, tail_bound=2.0),
     "spline_3_bins": RationalQuadraticSpline(bins=3, tail_bound=3.0),
 }
 SPLINE = RationalQuadraticSpline(bins=8, tail_bound=3.0)
@@ -175,7 +175,7 @@ def test_spline_is_strictly_increasing_and_finite_for_extreme_parameters(dtype):
     "make, message",
     [
         (lambda: Affine(log_scale_bound=0.0), "log_scale_bound must be positive"),
-        (lambda: RationalQuadraticSpline(bins=0), "bins must be >= 1"),
+        (lambda: RationalQuadraticSpline(bins=1), "bins must be >= 2"),
         (lambda: RationalQuadraticSpline(tail_bound=0.0), "tail_bound must be positive"),
         (lambda: RationalQuadraticSpline(bins=8, min_bin_size=0.2), "min_bin_size"),
         (lambda: RationalQuadraticSpline(min_derivative=1.0), "min_derivative"),
