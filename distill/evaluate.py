@@ -73,6 +73,17 @@ def test_nll(flow: Flow, data: Tensor, prefix: str) -> tuple[dict[str, float], T
     return metrics, nll
 
 
+@torch.no_grad()
+def in_support_fraction(
+    flow: Flow, in_support: Callable[[Tensor], Tensor | None], num_samples: int = 10_000
+) -> float | None:
+    """The fraction of ``num_samples`` samples of ``flow`` (data space) that ``in_support``
+    (``(N, D)`` -> ``(N,)`` bool, or None when the data's support is unknown) puts inside the
+    data's support; None when it is unknown. The data's own fraction is 1."""
+    inside = in_support(flow.sample((num_samples,)))
+    return None if inside is None else inside.double().mean().item()
+
+
 def _chunks(total: int, chunk: int) -> list[int]:
     return [min(chunk, total - start) for start in range(0, total, chunk)]
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from distill.data import DensityDataModule
-from distill.evaluate import evaluate_distillation, test_nll
+from distill.evaluate import evaluate_distillation, in_support_fraction, test_nll
 from distill.figures import flow_figures, taffy
 from distill.flows import in_data_space
 from distill.models import StudentModule, TeacherModule
@@ -54,6 +54,17 @@ def _data_metrics(datamodule: DensityDataModule, metrics: dict[str, Any]) -> dic
     return extra
 
 
+def _support_metrics(datamodule: DensityDataModule, flows: dict[str, Any]) -> dict[str, float]:
+    """``{role}/in_support``: the fraction of 10k samples of each data-space flow inside the
+    data's known support (SIGGRAPH's glyphs, checkerboard's squares); nothing where unknown."""
+    if datamodule.in_support(datamodule.test_data[:1]) is None:
+        return {}  # unknown support: no sampling
+    return {
+        f"{role}/in_support": in_support_fraction(flow, datamodule.in_support)
+        for role, flow in flows.items()
+    }
+
+
 def parameter_count(module) -> int:
     """The number of trainable values of a flow (its learned weights; no buffers)."""
     return sum(p.numel() for p in module.parameters())
@@ -78,6 +89,7 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
         teacher = in_data_space(module.flow, module.preprocessing)
         metrics.update(test_nll(teacher, datamodule.test_data, "teacher")[0])
         metrics.update(_data_metrics(datamodule, metrics))
+        metrics.update(_support_metrics(datamodule, {"teacher": teacher}))
         metrics["teacher/parameters"] = parameter_count(module.flow)
         result.figures = flow_figures(
             {"teacher": teacher},
@@ -175,6 +187,7 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
             role: in_data_space(flow, module.preprocessing)
             for role, flow in (("teacher", module.teacher), ("student", module.inference_student))
         }
+        metrics.update(_support_metrics(datamodule, flows))
         result.figures = flow_figures(
             flows,
             datamodule.test_data,

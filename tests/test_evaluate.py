@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from distill.evaluate import evaluate_distillation, robust_summary
+from distill.evaluate import evaluate_distillation, in_support_fraction, robust_summary
 from distill.flows import build_iaf, build_maf, build_preprocessing
 from tests.flows.helpers import perturb
 
@@ -26,3 +26,15 @@ def test_robust_summary_reports_more_than_the_mean():
     summary = robust_summary(values, "kl")
     assert summary["kl_mean"] == 10.0 and summary["kl_median"] == 0.0
     assert summary["kl_trimmed_mean"] < summary["kl_mean"] and summary["kl_sem"] > 0
+
+
+def test_in_support_fraction_counts_samples_inside():
+    torch.manual_seed(0)
+    flow = build_maf(2, 1, (8,)).eval()  # near the identity: a standard normal
+
+    def right_half(points):
+        return points[:, 0] > 0
+
+    fraction = in_support_fraction(flow, right_half, num_samples=4000)
+    assert abs(fraction - 0.5) < 0.05
+    assert in_support_fraction(flow, lambda points: None, num_samples=10) is None

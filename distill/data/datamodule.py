@@ -67,8 +67,8 @@ class DensityDataModule(L.LightningDataModule):
     space, validated finite), ``preprocessing`` (the fitted `Chain`) and ``entropy`` (the true
     differential entropy in nats, data space, or None when unknown).
 
-    Subclasses set ``name`` and implement ``_splits``; ``_true_entropy`` and
-    ``_train_dataset`` have defaults.
+    Subclasses set ``name`` and implement ``_splits``; ``_true_entropy``,
+    ``_train_dataset`` and ``in_support`` have defaults.
     """
 
     name: str
@@ -105,6 +105,12 @@ class DensityDataModule(L.LightningDataModule):
     def _train_dataset(self) -> Rows:
         """What the train loader draws from; rows of ``train_data`` unless overridden."""
         return Rows(self.train_data)
+
+    def in_support(self, points: Tensor) -> Tensor | None:
+        """Whether each of ``points`` ``(N, D)`` (data space) lies inside the support of the
+        data's distribution: ``(N,)`` bool, or None where the support is not known (or is
+        everything, as for a Gaussian). Data sets with a bounded, known support override it."""
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         """Make (once) the splits, fit the preprocessing to the train split, get the entropy."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import torch
 from matplotlib.font_manager import FontProperties
 from matplotlib.path import Path as MplPath
 from matplotlib.textpath import TextPath
@@ -152,3 +153,8 @@ class SiggraphDataModule(GeneratedDataModule):
 
     def _true_entropy(self) -> float:
         return math.log(self.glyphs.area)
+
+    def in_support(self, points: torch.Tensor) -> torch.Tensor:
+        """Inside the glyphs (`Glyphs.contains`): ``(N, 2)`` -> ``(N,)`` bool."""
+        inside = self.glyphs.contains(points.detach().cpu().double().numpy())
+        return torch.as_tensor(inside, dtype=torch.bool)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from sklearn.datasets import make_circles, make_moons
 from sklearn.utils import shuffle
 
@@ -52,6 +53,14 @@ def sample_checkerboard(num_samples: int, rng: np.random.RandomState) -> np.ndar
     x1 = rng.rand(num_samples) * 4 - 2
     x2 = rng.rand(num_samples) - rng.randint(0, 2, num_samples) * 2 + np.floor(x1) % 2
     return np.stack([x1, x2], axis=1) * 2
+
+
+def in_checkerboard(points: np.ndarray) -> np.ndarray:
+    """Inside one of the 8 black squares of `sample_checkerboard`: ``(N, 2)`` -> ``(N,)`` bool
+    (in units of a square, both coordinates in [-2, 2) with an even sum of their floors)."""
+    cells = np.floor(points / 2)
+    inside_board = np.all((cells >= -2) & (cells <= 1), axis=1)
+    return inside_board & (cells.sum(axis=1) % 2 == 0)
 
 
 def sample_pinwheel(num_samples: int, rng: np.random.RandomState) -> np.ndarray:
@@ -193,18 +202,20 @@ def entropy_moons(noise: float) -> float | None:
 
 
 class Toy(NamedTuple):
-    """A toy's sampler ``(num_samples, rng) -> (num_samples, 2)`` and its entropy function
-    (None when the density is not tractable)."""
+    """A toy's sampler ``(num_samples, rng) -> (num_samples, 2)``, its entropy function
+    (None when the density is not tractable) and its support test ``(N, 2) -> (N,)`` bool
+    (None when the support is unbounded)."""
 
     sample: Callable[[int, np.random.RandomState], np.ndarray]
     entropy: Callable[[], float] | None
+    contains: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 #: The FFJORD toys by name. pinwheel's density needs the preimages of a map that is not
 #: injective in the tails: its entropy is not computed.
 TOYS = {
     "8gaussians": Toy(sample_8gaussians, entropy_8gaussians),
-    "checkerboard": Toy(sample_checkerboard, entropy_checkerboard),
+    "checkerboard": Toy(sample_checkerboard, entropy_checkerboard, in_checkerboard),
     "pinwheel": Toy(sample_pinwheel, None),
     "2spirals": Toy(sample_2spirals, entropy_2spirals),
     "rings": Toy(sample_rings, entropy_rings),
@@ -232,6 +243,12 @@ class ToyDataModule(GeneratedDataModule):
     def _true_entropy(self) -> float | None:
         entropy = TOYS[self.name].entropy
         return None if entropy is None else entropy()
+
+    def in_support(self, points: torch.Tensor) -> torch.Tensor | None:
+        contains = TOYS[self.name].contains
+        if contains is None:
+            return None
+        return torch.as_tensor(contains(points.detach().cpu().double().numpy()), dtype=torch.bool)
 
 
 class MoonsDataModule(GeneratedDataModule):
