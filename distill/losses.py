@@ -23,7 +23,7 @@ the autograd tape: d log p(x) / dx is what pulls the student's samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -184,18 +184,68 @@ LOSSES: dict[str, Loss] = {
 NEEDS_DATA = frozenset({"regression"})
 
 
+Knots = Sequence[Sequence[float]]
+
+
+def schedule_factor(knots: Knots, step: int | None) -> float:
+    """The factor of a term's weight at training ``step``, from its schedule ``knots``
+    ``[[step, factor], ...]`` (steps increasing): linear between knots, held before the first
+    and after the last; ``step=None`` is the end of training (the last factor)."""
+    if step is None or step >= knots[-1][0]:
+        return float(knots[-1][1])
+    if step <= knots[0][0]:
+        return float(knots[0][1])
+    for (left_step, left), (right_step, right) in zip(knots, knots[1:], strict=False):
+        if step <= right_step:
+            fraction = (step - left_step) / (right_step - left_step)
+            return float(left + fraction * (right - left))
+    raise AssertionError("unreachable: step is inside the knots")
+
+
+def _check_schedule(terms: Mapping[str, float], schedule: Mapping[str, Knots]) -> None:
+    unknown = sorted(set(schedule) - set(terms))
+    if unknown:
+        raise ValueError(
+            f"loss.schedule names {unknown}, which are not in loss.terms {sorted(terms)}: a "
+            "schedule scales the weight of a term, so add the term first"
+        )
+    for name, knots in schedule.items():
+        steps = [knot[0] for knot in knots] if knots else []
+        valid = (
+            bool(knots)
+            and all(len(knot) == 2 and knot[0] >= 0 and knot[1] >= 0 for knot in knots)
+            and all(a < b for a, b in zip(steps, steps[1:], strict=False))
+        )
+        if not valid:
+            raise ValueError(
+                f"loss.schedule.{name} must be a list of [step, factor] pairs with steps "
+                f"increasing from >= 0 and factors >= 0, e.g. [[0, 1.0], [500, 0.1]]; got "
+                f"{knots}"
+            )
+
+
 class DistillationObjective(nn.Module):
-    """A weighted sum of the divergences of `LOSSES`: ``terms = {"reverse_kl": 1.0, ...}``.
+    """A weighted sum of the divergences of `LOSSES`: ``terms = {"reverse_kl": 1.0, ...}``,
+    each weight optionally scaled over the training steps by a ``schedule``.
 
     Args:
         terms: loss name -> weight (names from `LOSSES`).
         num_samples: samples per step for the sampled losses.
         clip: if set, per-sample terms above it are clamped (their gradient is dropped), so a
             few samples deep in the teacher's tails cannot dominate a step.
+        schedule: loss name -> ``[[step, factor], ...]``: that term's weight at a step is its
+            ``terms`` weight times the factor interpolated linearly between the knots
+            (`schedule_factor`). A term without a schedule keeps its weight; a term whose
+            weight is 0 at a step is not computed at that step. Validation (``step=None``)
+            uses the final weights, so checkpoints select on one objective throughout.
     """
 
     def __init__(
-        self, terms: Mapping[str, float], num_samples: int = 512, clip: float | None = None
+        self,
+        terms: Mapping[str, float],
+        num_samples: int = 512,
+        clip: float | None = None,
+        schedule: Mapping[str, Knots] | None = None,
     ):
         super().__init__()
         unknown = sorted(set(terms) - set(LOSSES))
@@ -208,22 +258,38 @@ class DistillationObjective(nn.Module):
             raise ValueError(f"loss.terms weights must be >= 0, got {dict(terms)}")
         if num_samples < 1:
             raise ValueError(f"loss.num_samples must be >= 1, got {num_samples}")
+        schedule = {
+            name: [list(knot) for knot in knots] for name, knots in (schedule or {}).items()
+        }
+        _check_schedule(terms, schedule)
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip
+        self.schedule = schedule
 
     @property
     def needs_data(self) -> bool:
         """Whether `forward` needs a data batch (a term such as `regression` reads one)."""
         return not NEEDS_DATA.isdisjoint(self.terms)
 
+    def weights(self, step: int | None = None) -> dict[str, float]:
+        """Each term's weight at training ``step`` (None: the final weights)."""
+        return {
+            name: weight
+            * (schedule_factor(self.schedule[name], step) if name in self.schedule else 1.0)
+            for name, weight in self.terms.items()
+        }
+
     def forward(
-        self, student: Flow, teacher: Flow, data: Tensor | None = None
+        self, student: Flow, teacher: Flow, data: Tensor | None = None, step: int | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Returns the scalar objective and the mean of each term (for logging).
-        ``data``: a batch ``(N, D)`` in the flows' space, for the terms that read one."""
+        """Returns the scalar objective at training ``step`` (None: with the final weights) and
+        the mean of each term computed (for logging). ``data``: a batch ``(N, D)`` in the
+        flows' space, for the terms that read one."""
         total, parts = 0.0, {}
-        for name, weight in self.terms.items():
+        for name, weight in self.weights(step).items():
+            if weight == 0:
+                continue
             per_sample = LOSSES[name](student, teacher, self.num_samples, data)
             parts[name] = per_sample.detach().mean()
             value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample

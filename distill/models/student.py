@@ -26,7 +26,8 @@ class StudentModule(FlowModule):
         student: spec of the student flow (model space), e.g. ``build_iaf``.
         teacher: the teacher's hyper-parameters (flow and preprocessing specs, data facts):
             the student's checkpoint rebuilds its teacher too, weights included.
-        loss: `DistillationObjective` arguments (``terms``, ``num_samples``, ``clip``, ...).
+        loss: `DistillationObjective` arguments (``terms``, ``num_samples``, ``clip``,
+            ``schedule``); the training step passes its global step to the objective.
         optim: optimizer settings (`distill.models.optim.build_optimizer`).
         ema_decay: if > 0, evaluate and sample with an exponential moving average of the
             student's weights (``self.student_ema``).
@@ -153,15 +154,20 @@ class StudentModule(FlowModule):
         # After seed_everything every rank draws the same noise: offset the stream by rank.
         torch.manual_seed(self.hparams.seed + self.global_rank)
 
-    def _objective(self, student: Flow, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _objective(
+        self, student: Flow, batch: Tensor, step: int | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         data = self.to_model_space(batch) if self.objective.needs_data else None
-        return self.objective(student, self.teacher, data)
+        return self.objective(student, self.teacher, data, step)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss, parts = self._objective(self.student, batch)
+        loss, parts = self._objective(self.student, batch, self.global_step)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        if self.objective.schedule:
+            for name, weight in self.objective.weights(self.global_step).items():
+                self.log(f"train/weight_{name}", weight, on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -169,7 +175,8 @@ class StudentModule(FlowModule):
             self.student_ema.update_parameters(self.student)
 
     def evaluate(self, batch: Tensor, stage: str) -> None:
-        """``{stage}/loss``: the training objective (what checkpoints select on), its terms,
+        """``{stage}/loss``: the training objective with its final weights (what checkpoints
+        select on, comparable across the steps of a loss schedule), its terms,
         ``{stage}/kl`` (Monte Carlo KL(q || p)) and ``{stage}/nll`` (held-out, data space)."""
         student = self.inference_student
         loss, parts = self._objective(student, batch)
