@@ -187,19 +187,20 @@ NEEDS_DATA = frozenset({"regression"})
 Knots = Sequence[Sequence[float]]
 
 
-def schedule_factor(knots: Knots, step: int | None) -> float:
-    """The factor of a term's weight at training ``step``, from its schedule ``knots``
-    ``[[step, factor], ...]`` (steps increasing): linear between knots, held before the first
-    and after the last; ``step=None`` is the end of training (the last factor)."""
-    if step is None or step >= knots[-1][0]:
+def schedule_factor(knots: Knots, progress: float | None) -> float:
+    """The factor of a term's weight at ``progress`` (the fraction of training done, in
+    [0, 1]), from its schedule ``knots`` ``[[progress, factor], ...]`` (progress increasing):
+    linear between knots, held before the first and after the last; ``progress=None`` is the
+    end of training (the last factor)."""
+    if progress is None or progress >= knots[-1][0]:
         return float(knots[-1][1])
-    if step <= knots[0][0]:
+    if progress <= knots[0][0]:
         return float(knots[0][1])
-    for (left_step, left), (right_step, right) in zip(knots, knots[1:], strict=False):
-        if step <= right_step:
-            fraction = (step - left_step) / (right_step - left_step)
+    for (left_at, left), (right_at, right) in zip(knots, knots[1:], strict=False):
+        if progress <= right_at:
+            fraction = (progress - left_at) / (right_at - left_at)
             return float(left + fraction * (right - left))
-    raise AssertionError("unreachable: step is inside the knots")
+    raise AssertionError("unreachable: progress is inside the knots")
 
 
 def _check_schedule(terms: Mapping[str, float], schedule: Mapping[str, Knots]) -> None:
@@ -210,34 +211,36 @@ def _check_schedule(terms: Mapping[str, float], schedule: Mapping[str, Knots]) -
             "schedule scales the weight of a term, so add the term first"
         )
     for name, knots in schedule.items():
-        steps = [knot[0] for knot in knots] if knots else []
+        at = [knot[0] for knot in knots] if knots else []
         valid = (
             bool(knots)
-            and all(len(knot) == 2 and knot[0] >= 0 and knot[1] >= 0 for knot in knots)
-            and all(a < b for a, b in zip(steps, steps[1:], strict=False))
+            and all(len(knot) == 2 and 0 <= knot[0] <= 1 and knot[1] >= 0 for knot in knots)
+            and all(a < b for a, b in zip(at, at[1:], strict=False))
         )
         if not valid:
             raise ValueError(
-                f"loss.schedule.{name} must be a list of [step, factor] pairs with steps "
-                f"increasing from >= 0 and factors >= 0, e.g. [[0, 1.0], [500, 0.1]]; got "
-                f"{knots}"
+                f"loss.schedule.{name} must be a list of [progress, factor] pairs, progress "
+                f"(the fraction of training done) increasing in [0, 1] and factors >= 0, e.g. "
+                f"[[0, 1.0], [0.5, 0.1]]; got {knots}"
             )
 
 
 class DistillationObjective(nn.Module):
     """A weighted sum of the divergences of `LOSSES`: ``terms = {"reverse_kl": 1.0, ...}``,
-    each weight optionally scaled over the training steps by a ``schedule``.
+    each weight optionally scaled over training by a ``schedule``.
 
     Args:
         terms: loss name -> weight (names from `LOSSES`).
         num_samples: samples per step for the sampled losses.
         clip: if set, per-sample terms above it are clamped (their gradient is dropped), so a
             few samples deep in the teacher's tails cannot dominate a step.
-        schedule: loss name -> ``[[step, factor], ...]``: that term's weight at a step is its
-            ``terms`` weight times the factor interpolated linearly between the knots
-            (`schedule_factor`). A term without a schedule keeps its weight; a term whose
-            weight is 0 at a step is not computed at that step. Validation (``step=None``)
-            uses the final weights, so checkpoints select on one objective throughout.
+        schedule: loss name -> ``[[progress, factor], ...]``, progress the fraction of the
+            training steps done: that term's weight is its ``terms`` weight times the factor
+            interpolated linearly between the knots (`schedule_factor`), so one schedule fits
+            any number of steps. A term without a schedule keeps its weight; a term whose
+            weight is 0 at a step is not computed at that step. Validation
+            (``progress=None``) uses the final weights, so checkpoints select on one
+            objective throughout.
     """
 
     def __init__(
@@ -272,22 +275,27 @@ class DistillationObjective(nn.Module):
         """Whether `forward` needs a data batch (a term such as `regression` reads one)."""
         return not NEEDS_DATA.isdisjoint(self.terms)
 
-    def weights(self, step: int | None = None) -> dict[str, float]:
-        """Each term's weight at training ``step`` (None: the final weights)."""
+    def weights(self, progress: float | None = None) -> dict[str, float]:
+        """Each term's weight at ``progress`` in [0, 1] (None: the final weights)."""
         return {
             name: weight
-            * (schedule_factor(self.schedule[name], step) if name in self.schedule else 1.0)
+            * (schedule_factor(self.schedule[name], progress) if name in self.schedule else 1.0)
             for name, weight in self.terms.items()
         }
 
     def forward(
-        self, student: Flow, teacher: Flow, data: Tensor | None = None, step: int | None = None
+        self,
+        student: Flow,
+        teacher: Flow,
+        data: Tensor | None = None,
+        progress: float | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Returns the scalar objective at training ``step`` (None: with the final weights) and
+        """Returns the scalar objective at ``progress``, the fraction of training done (None:
+        with the final weights), and
         the mean of each term computed (for logging). ``data``: a batch ``(N, D)`` in the
         flows' space, for the terms that read one."""
         total, parts = 0.0, {}
-        for name, weight in self.weights(step).items():
+        for name, weight in self.weights(progress).items():
             if weight == 0:
                 continue
             per_sample = LOSSES[name](student, teacher, self.num_samples, data)

@@ -188,25 +188,32 @@ def test_clip_drops_gradient_of_outlier_terms():
 
 
 def test_schedule_interpolates_each_terms_weight_and_skips_zero_terms():
-    assert schedule_factor([[0, 1.0], [100, 0.0]], 25) == pytest.approx(0.75)
-    assert schedule_factor([[10, 0.0], [20, 2.0]], 0) == 0.0  # held before the first knot
-    assert schedule_factor([[10, 0.0], [20, 2.0]], 500) == 2.0  # and after the last
-    assert schedule_factor([[0, 1.0], [100, 0.5]], None) == 0.5  # None: the end of training
+    assert schedule_factor([[0, 1.0], [1, 0.0]], 0.25) == pytest.approx(0.75)
+    assert schedule_factor([[0.1, 0.0], [0.2, 2.0]], 0) == 0.0  # held before the first knot
+    assert schedule_factor([[0.1, 0.0], [0.2, 2.0]], 0.5) == 2.0  # and after the last
+    assert schedule_factor([[0, 1.0], [1, 0.5]], None) == 0.5  # None: the end of training
     student, teacher = fixed_order_pair(2)
     objective = DistillationObjective(
         {"reverse_kl": 1.0, "forward_kl": 0.2},
         num_samples=64,
         schedule={
-            "reverse_kl": [[0, 0.0], [10, 0.0], [20, 1.0]],
-            "forward_kl": [[0, 5.0], [20, 1.0]],
+            "reverse_kl": [[0, 0.0], [0.1, 0.0], [0.2, 1.0]],
+            "forward_kl": [[0, 5.0], [0.2, 1.0]],
         },
     )
     assert objective.weights(0) == {"reverse_kl": 0.0, "forward_kl": pytest.approx(1.0)}
-    assert objective.weights(15) == {"reverse_kl": 0.5, "forward_kl": pytest.approx(0.4)}
+    assert objective.weights(0.15) == {
+        "reverse_kl": pytest.approx(0.5),
+        "forward_kl": pytest.approx(0.4),
+    }
     assert objective.weights() == {"reverse_kl": 1.0, "forward_kl": pytest.approx(0.2)}
-    _, parts = objective(student, teacher, step=5)
+    _, parts = objective(student, teacher, progress=0.05)
     assert set(parts) == {"forward_kl"}  # a term of weight 0 is not computed
     with pytest.raises(ValueError, match="not in loss.terms"):
         DistillationObjective({"reverse_kl": 1.0}, schedule={"forward_kl": [[0, 1.0]]})
-    with pytest.raises(ValueError, match="steps increasing"):
-        DistillationObjective({"reverse_kl": 1.0}, schedule={"reverse_kl": [[10, 1.0], [5, 0.0]]})
+    with pytest.raises(ValueError, match="increasing in"):
+        DistillationObjective(
+            {"reverse_kl": 1.0}, schedule={"reverse_kl": [[0.5, 1.0], [0.2, 0.0]]}
+        )
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        DistillationObjective({"reverse_kl": 1.0}, schedule={"reverse_kl": [[0, 1.0], [500, 0.0]]})

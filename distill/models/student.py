@@ -27,7 +27,7 @@ class StudentModule(FlowModule):
         teacher: the teacher's hyper-parameters (flow and preprocessing specs, data facts):
             the student's checkpoint rebuilds its teacher too, weights included.
         loss: `DistillationObjective` arguments (``terms``, ``num_samples``, ``clip``,
-            ``schedule``); the training step passes its global step to the objective.
+            ``schedule``); the training step passes the fraction of its steps done.
         optim: optimizer settings (`distill.models.optim.build_optimizer`).
         ema_decay: if > 0, evaluate and sample with an exponential moving average of the
             student's weights (``self.student_ema``).
@@ -155,18 +155,27 @@ class StudentModule(FlowModule):
         torch.manual_seed(self.hparams.seed + self.global_rank)
 
     def _objective(
-        self, student: Flow, batch: Tensor, step: int | None = None
+        self, student: Flow, batch: Tensor, progress: float | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         data = self.to_model_space(batch) if self.objective.needs_data else None
-        return self.objective(student, self.teacher, data, step)
+        return self.objective(student, self.teacher, data, progress)
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the training steps done, for the loss schedule (0 without a
+        Trainer or a finite ``max_steps``)."""
+        trainer = self._trainer
+        max_steps = trainer.max_steps if trainer is not None else -1
+        return min(self.global_step / max_steps, 1.0) if max_steps and max_steps > 0 else 0.0
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss, parts = self._objective(self.student, batch, self.global_step)
+        progress = self.progress
+        loss, parts = self._objective(self.student, batch, progress)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         if self.objective.schedule:
-            for name, weight in self.objective.weights(self.global_step).items():
+            for name, weight in self.objective.weights(progress).items():
                 self.log(f"train/weight_{name}", weight, on_step=True, on_epoch=False)
         return loss
 
