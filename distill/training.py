@@ -96,7 +96,11 @@ def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
                 )
             )
         else:
-            loggers.append(instantiate(_placed(spec, save_dir=str(stage_dir))))
+            logger = instantiate(_placed(spec, save_dir=str(stage_dir)))
+            # Fix the version folder now: training processes forked or spawned later, and this
+            # process after them (the final metrics), must all write into the same one.
+            logger.version  # noqa: B018
+            loggers.append(logger)
     return loggers
 
 
@@ -170,6 +174,19 @@ class SaveOnTerminate(L.Callback):
             trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
 
 
+class LogConfig(L.Callback):
+    """Logs the resolved config as hyper-parameters from inside the training processes. Logged
+    from the launching process before ``fit``, a logger's writer would exist before a
+    ``ddp_fork`` fork: CSV then keeps only its header and TensorBoard deadlocks in its flush."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.config)
+
+
 class Terminated(SystemExit):
     """The run stopped on SIGTERM: exit status 143 (128 + 15), as a killed process reports."""
 
@@ -177,7 +194,12 @@ class Terminated(SystemExit):
         super().__init__(143)
 
 
-def build_trainer(stage_cfg: DictConfig, loggers: list[Logger], stage_dir: Path) -> L.Trainer:
+def build_trainer(
+    stage_cfg: DictConfig,
+    loggers: list[Logger],
+    stage_dir: Path,
+    extra_callbacks: list[L.Callback] = (),
+) -> L.Trainer:
     """The stage's Trainer and callbacks; checkpoints go to ``stage_dir/checkpoints`` unless the
     config names a directory, and progress bars show only on a terminal unless set."""
     callbacks = []
@@ -188,7 +210,7 @@ def build_trainer(stage_cfg: DictConfig, loggers: list[Logger], stage_dir: Path)
         if placed.get("_target_", "").endswith("ModelCheckpoint"):
             placed = _placed(placed, dirpath=str(stage_dir / "checkpoints"))
         callbacks.append(instantiate(placed))
-    callbacks.append(SaveOnTerminate())
+    callbacks += [SaveOnTerminate(), *extra_callbacks]
     trainer = _placed(
         stage_cfg.trainer,
         default_root_dir=str(stage_dir),
@@ -225,10 +247,8 @@ def fit(
             stage,
         )
     loggers = build_loggers(cfg, stage, stage_dir)
-    trainer = build_trainer(stage_cfg, loggers, stage_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(config)
+    trainer = build_trainer(stage_cfg, loggers, stage_dir, [LogConfig(config)])
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -251,6 +271,16 @@ def fit(
     elif callback is not None and callback.dirpath:  # no validation ran: the final state
         best = str(Path(callback.dirpath) / "last.ckpt")
     metrics[f"{stage}/checkpoint"] = best
+    if metrics[f"{stage}/global_step"] == 0:
+        raise ValueError(
+            f"the {stage} trained 0 steps: no rank got a full batch (data.batch_size="
+            f"{datamodule.batch_size}, {len(datamodule.train_data)} training rows over "
+            f"{trainer.world_size} process(es)); lower data.batch_size or use more data"
+        )
+    if trainer.global_step != metrics[f"{stage}/global_step"]:
+        # Trained in forked or spawned processes: this process's CSV writer would replace the
+        # curves they wrote with its own rows; the final metrics are in metrics.json anyway.
+        loggers = [logger for logger in loggers if not isinstance(logger, CSVLogger)]
     return trainer, loggers, module.eval(), metrics
 
 

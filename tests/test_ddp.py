@@ -1,10 +1,15 @@
-"""Multi-process training on CPU (gloo): the teacher with synchronized BatchNorm statistics,
-and the student's noise, which must differ between ranks.
+"""Multi-process training on CPU (gloo): every logger under every recommended strategy, the
+teacher with synchronized BatchNorm statistics equal to one process with the doubled batch, and
+the random numbers (student noise, dequantization noise), which must differ between ranks.
 
-Uses ``ddp_fork`` (plain ``ddp`` re-executes the command line, i.e. pytest itself)."""
+In-process tests use ``ddp_fork`` (plain ``ddp`` re-executes the command line, i.e. pytest
+itself); plain ``ddp`` and the logger matrix run the real CLI in a subprocess."""
 
+import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -103,3 +108,182 @@ def test_student_ranks_draw_different_noise(compose_config, tmp_path):
     assert metrics["student/global_step"] == 4
     first, second = (torch.load(probe / f"noise_rank{r}.pt") for r in (0, 1))
     assert not torch.equal(first, second)
+
+
+def run_cli(command: str, *overrides: str, cwd: Path, timeout: float = 240):
+    """A CLI run in its own process: a hang fails the test by its timeout instead of blocking."""
+    executable = Path(sys.executable).parent / command
+    return subprocess.run(
+        [str(executable), *overrides], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def cli_ddp(stage: str, strategy: str) -> list[str]:
+    return [
+        f"trainer@{stage}.trainer=ddp",
+        f"{stage}.trainer.strategy={strategy}",
+        f"{stage}.trainer.accelerator=cpu",
+        f"{stage}.trainer.devices=2",
+        f"{stage}.trainer.log_every_n_steps=2",
+        f"{stage}.flow.hidden_features=[16,16]",
+        *DATA[1:],
+    ]
+
+
+def read_curves(run: Path, logger: str) -> dict[str, list[float]]:
+    """The training curves a logger wrote, read back from its files: key -> values."""
+    if logger == "csv":
+        (path,) = run.glob("csv/version_*/metrics.csv")
+        rows = list(csv.DictReader(path.open()))
+        return {key: [float(r[key]) for r in rows if r[key]] for key in rows[0]}
+    if logger == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        curves: dict[str, list[float]] = {}
+        for events in run.glob("tensorboard/version_*/events.out.tfevents.*"):
+            accumulator = EventAccumulator(str(events))
+            accumulator.Reload()
+            for tag in accumulator.Tags()["scalars"]:
+                curves.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+        return curves
+    (run_dir,) = run.glob("wandb/offline-run-*")
+    wandb = Path(sys.executable).parent / "wandb"
+    records = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True
+    ).stdout.splitlines()
+    curves = {}
+    for line in records:
+        record = json.loads(line) if line.startswith("{") else {}
+        for key, value in record.get("history", {}).get("item", {}).items():
+            curves.setdefault(key, []).append(value)
+    return curves
+
+
+LOGGER_CASES = [
+    ("ddp_fork", "csv"),
+    ("ddp_fork", "tensorboard"),
+    ("ddp_fork", "wandb"),
+    ("ddp_fork", "none"),
+    ("ddp_spawn", "csv"),
+    ("ddp_spawn", "tensorboard"),
+    ("ddp", "csv"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "logger"), LOGGER_CASES)
+def test_every_logger_keeps_its_curves_under_ddp(tmp_path, wandb_env, strategy, logger):
+    run = tmp_path / "run"
+    overrides = [*cli_ddp("teacher", strategy), "teacher.trainer.max_steps=12", f"logger={logger}"]
+    result = run_cli("distill-teacher", *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["teacher/global_step"] == 12
+    assert len(list(run.glob("checkpoints/*.ckpt"))) == 2  # best and last, once
+    assert len(list(run.glob("plots/*.png"))) == 2
+    if logger != "none":
+        curves = read_curves(run, logger)
+        assert len(curves["train/nll"]) >= 3, sorted(curves)
+        assert curves["val/nll"], sorted(curves)
+
+
+@pytest.mark.slow
+def test_the_student_logs_under_ddp(tmp_path, trained_moons_teacher):
+    run = tmp_path / "run"
+    result = run_cli(
+        "distill-student",
+        *cli_ddp("student", "ddp_fork"),
+        f"teacher.ckpt={trained_moons_teacher}",
+        "student.trainer.max_steps=6",
+        "student.evaluation.num_kl_samples=500",
+        "student.evaluation.num_timing_samples=10",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_curves(run, "csv")["train/loss"]) >= 2
+
+
+@pytest.fixture
+def trained_moons_teacher(compose_config, tmp_path):
+    cfg = compose_config(
+        "teacher",
+        [*DATA, "teacher.trainer.max_steps=10", "teacher.flow.hidden_features=[16,16]"],
+        output_dir=tmp_path / "teacher",
+    )
+    return run_teacher(cfg)["teacher/checkpoint"]
+
+
+def test_two_ranks_match_one_process_with_the_doubled_batch(compose_config, tmp_path):
+    """Full-batch steps (each rank's half of 128 rows vs all 128 rows at once) with BatchNorm:
+    the same gradients, so the same parameters after 5 Adam steps. In float64: Adam divides
+    by the gradient's own scale, so float32 round-off in a near-zero gradient would move a
+    weight by up to the learning rate; in float64 the runs agree to 1e-9."""
+    common = [
+        "logger=none",
+        "data=moons",
+        "data.num_train=128",
+        "data.num_val=64",
+        "data.num_test=64",
+        "flow@teacher.flow=maf_bn",
+        "teacher.flow.hidden_features=[16,16]",
+        "teacher.trainer.max_steps=5",
+        "teacher.optim.warmup_steps=0",
+        "+teacher.trainer.precision=64-true",
+    ]
+    states = []
+    for name, overrides in (
+        ("two_ranks", [*ddp("teacher")[:4], "data.batch_size=64"]),
+        ("one_process", ["data.batch_size=128"]),
+    ):
+        cfg = compose_config("teacher", [*common, *overrides], output_dir=tmp_path / name)
+        run_teacher(cfg)
+        checkpoint = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == 5
+        states.append(checkpoint["state_dict"])
+    for key, value in states[1].items():
+        assert value.dtype == torch.float64 or not value.is_floating_point()
+        torch.testing.assert_close(states[0][key], value, atol=1e-9, rtol=1e-9, msg=key)
+
+
+class DequantizationProbe(L.Callback):
+    """Each rank writes the dequantization noise of its first training batch."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == 0:
+            noise = batch - batch.floor()
+            torch.save(noise, self.dirpath / f"noise_rank{trainer.global_rank}.pt")
+
+
+def test_each_rank_draws_its_own_dequantization_noise(compose_config, tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    cfg = compose_config(
+        "teacher",
+        [
+            *ddp("teacher")[:4],
+            "logger=none",
+            "data=digits",
+            "data.batch_size=64",
+            "teacher.flow.hidden_features=[16,16]",
+            "teacher.flow.num_layers=2",
+            "teacher.trainer.max_steps=2",
+            "+teacher.callbacks.probe._target_=tests.test_ddp.DequantizationProbe",
+            f"+teacher.callbacks.probe.dirpath={probe}",
+        ],
+    )
+    run_teacher(cfg)
+    first, second = (torch.load(probe / f"noise_rank{r}.pt") for r in (0, 1))
+    assert not torch.allclose(first, second)
+
+
+def test_a_run_that_cannot_make_a_step_is_an_error(compose_config):
+    cfg = compose_config(
+        "teacher", [*ddp("teacher")[:4], *DATA, "data.num_train=200", "data.batch_size=128"]
+    )
+    with pytest.raises(ValueError, match="trained 0 steps: no rank got a full batch"):
+        run_teacher(cfg)

@@ -23,15 +23,15 @@ def _global_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (biased) variance over all leading dims of ``x`` (..., D), of the global
-    batch across processes. Two passes (mean, then centred squares), so float32 keeps its
-    precision on data with a large mean."""
+def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, (biased) variance and row count over all leading dims of ``x`` (..., D), of the
+    global batch across processes. Two passes (mean, then centred squares), so float32 keeps
+    its precision on data with a large mean."""
     flat = x.reshape(-1, x.shape[-1])
     count = _global_sum(flat.new_tensor(float(flat.shape[0])))
     mean = _global_sum(flat.sum(0)) / count
     variance = _global_sum((flat - mean).square().sum(0)) / count
-    return mean, variance
+    return mean, variance, count
 
 
 class BatchNorm(Bijector):
@@ -69,10 +69,9 @@ class BatchNorm(Bijector):
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data ``x`` (..., D) -> noise (..., D): batch statistics in training, running in eval."""
         if self.training:
-            mean, var = _batch_moments(x)
-            with torch.no_grad():
-                count = x.numel() // self.features
-                unbiased = var * count / max(count - 1, 1)
+            mean, var, count = _batch_moments(x)
+            with torch.no_grad():  # the unbiased variance of the global batch, all ranks'
+                unbiased = var * count / (count - 1).clamp(min=1)
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(unbiased.detach(), self.momentum)
         else:
@@ -97,7 +96,7 @@ class ActNorm(Bijector):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        mean, var = _batch_moments(x)
+        mean, var, _ = _batch_moments(x)
         self.shift.copy_(mean)
         self.log_scale.copy_(0.5 * torch.log(var + self.eps))
         self.initialized.fill_(True)

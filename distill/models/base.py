@@ -76,6 +76,11 @@ class FlowModule(L.LightningModule):
             self.trainer.estimated_stepping_batches,
         )
 
+    def on_fit_start(self) -> None:
+        # After seed_everything every rank draws the same random numbers (a teacher's
+        # dequantization noise, a student's samples): offset each rank's stream by its rank.
+        torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def on_train_start(self) -> None:
         """Apply the configured learning rate, also when training resumes: a checkpoint restores
         the optimizer's learning rate and the schedule's base rates of the run it came from,
