@@ -55,6 +55,12 @@ def run_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def requeued() -> bool:
+    """Whether this process is a SLURM job started again after a requeue (preemption, time
+    limit, ``scontrol requeue``): it then resumes its stages from their ``last.ckpt``."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 def sweep_dir() -> Path | None:
     """The sweep directory of a Hydra multirun job, else None."""
     if not HydraConfig.initialized():
@@ -89,7 +95,7 @@ def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
         if spec is None:
             continue
         if "wandb" in spec.get("_target_", "").lower():
-            resuming = cfg[stage].get("resume") is not None
+            resuming = cfg[stage].get("resume") is not None or requeued()
             loggers.append(
                 _wandb_logger(
                     name, spec, stage, stage_dir, overrides, run_tags(cfg, stage), resuming
@@ -235,6 +241,9 @@ def fit(
     ``{stage}/global_step`` and ``{stage}/checkpoint`` in the metrics."""
     stage_cfg = cfg[stage]
     resume = stage_cfg.get("resume")
+    if resume is None and requeued() and (stage_dir / "checkpoints" / "last.ckpt").is_file():
+        resume = "last"
+        log.info("requeued SLURM job: resuming the %s from its last.ckpt", stage)
     if resume == "last" and not (stage_dir / "checkpoints" / "last.ckpt").is_file():
         raise FileNotFoundError(
             f"{stage}.resume=last but {stage_dir / 'checkpoints'} holds no last.ckpt: pass "

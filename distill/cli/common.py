@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from distill.models.base import NonFiniteTrainingError
-from distill.training import run_overrides, sweep_dir
+from distill.training import requeued, run_overrides, sweep_dir
 
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteTrainingError)
 # Errors of the run's own disk: a full disk, a read-only or forbidden directory.
@@ -82,7 +82,9 @@ class RunDirectoryGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
         held = [name for name in self.HELD if (run_dir / name).exists()]
-        resuming = any(config.get(stage, {}).get("resume") for stage in ("teacher", "student"))
+        resuming = requeued() or any(
+            config.get(stage, {}).get("resume") for stage in ("teacher", "student")
+        )
         if held and not resuming:
             print(
                 f"error: run directory {run_dir} already holds a run ({', '.join(held)}): "
