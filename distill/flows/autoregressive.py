@@ -9,9 +9,10 @@ one parallel pass and ``inverse`` is sequential. An IAF layer is the ``Invert`` 
 layer up to which side its conditioner reads (the tutorial's "MAF and IAF are the same
 bijector class").
 
-The conditioner's interface: ``features``, ``order``, ``forward(inputs, context)`` ->
-``(..., P * D)`` laid out as P blocks of D, and ``solve(given, step, context)`` for the
-sequential direction (`MADE.solve`).
+The conditioner's interface (MADE's, and any other autoregressive network's): ``features``,
+``out_multiplier`` (P), ``order``, ``forward(inputs, context)`` -> ``(..., P * D)`` laid out
+as P blocks of D, and ``solve(given, step, context)`` for the sequential direction
+(`MADE.solve`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class AutoregressiveLayer(Bijector):
     """``x_i = f(u_i; theta_i)``, ``theta = conditioner(y)`` with ``y`` the data (MAF,
     ``conditioner_reads_data = True``) or the noise (IAF): the mechanism of every MAF and IAF
     layer. Subclasses set ``conditioner_reads_data`` and build the transform and conditioner.
+
+    The direction that computes theta from its own input (MAF: ``inverse``, IAF: ``forward``)
+    is one conditioner pass; the other is sequential, D steps of `MADE.solve`.
     """
 
     conditioner_reads_data: bool

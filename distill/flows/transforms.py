@@ -7,8 +7,8 @@ One interface: ``forward(u, params) -> (x, log|dx/du|)`` (noise -> data) and
 layer, ``(...)`` with ``(..., P)`` for one dimension (the sequential solve). ``params``
 carries the full batch shape (the input's broadcast with a context's), as a conditioner's
 output does; outputs and elementwise log-dets have that shape, and the caller sums the
-log-dets over dimensions. Zero parameters are the identity map, so a
-conditioner whose last layer starts near zero starts its layer near the identity.
+log-dets over dimensions. Zero parameters are the identity map, so a conditioner whose last
+layer starts near zero starts its layer near the identity.
 """
 
 from __future__ import annotations
