@@ -196,8 +196,10 @@ class LogConfig(L.Callback):
 class Terminated(SystemExit):
     """The run stopped on SIGTERM: exit status 143 (128 + 15), as a killed process reports."""
 
+    code = 143
+
     def __init__(self) -> None:
-        super().__init__(143)
+        super().__init__(self.code)
 
 
 def build_trainer(
@@ -268,6 +270,12 @@ def fit(
             trainer.global_step,
             stage,
         )
+        for logger in loggers:  # the rows logged up to the stop, flushed
+            logger.finalize("failed")
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb
+
+            wandb.finish(exit_code=Terminated.code)
         raise Terminated() from None
     metrics = {
         f"{stage}/train_time_s": time.perf_counter() - start,

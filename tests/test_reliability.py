@@ -4,6 +4,7 @@ checkpoint-safety, atomic-write and data-file cases have their own files)."""
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -218,3 +219,59 @@ def test_sigterm_exits_143_after_saving_last_ckpt(tmp_path):
     assert process.returncode == 143, stderr[-2000:]
     assert "stopped by SIGTERM at global step" in stdout + stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
+
+
+def wandb_history_steps(run: Path) -> tuple[set[str], list[int]]:
+    """The W&B run ids and the global steps of the train/nll rows of every offline run file
+    in ``run``, in the order they were written."""
+    wandb = Path(sys.executable).parent / "wandb"
+    ids, steps = set(), []
+    for run_dir in sorted(run.glob("wandb/offline-run-*")):
+        out = subprocess.run(
+            [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("type") == "run":
+                ids.add(record["run"]["run_id"])
+            item = record.get("history", {}).get("item", {})
+            if "train/nll" in item:
+                steps.append(int(item["trainer/global_step"]))
+    return ids, steps
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path, wandb_env):
+    """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) after a
+    checkpoint, then the same command again with SLURM_RESTART_COUNT set."""
+    run = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).parent / "distill-teacher"),
+        *MOONS,
+        "teacher.trainer.max_steps=400",
+        "teacher.trainer.log_every_n_steps=1",
+        f"hydra.run.dir={run}",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "best.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 143
+    stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < stopped_at < 400
+    env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
+    again = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 400
+    ids, steps = wandb_history_steps(run)
+    assert ids == {(run / "wandb_run_id").read_text().strip()}  # one W&B run, continued
+    assert steps == sorted(set(steps)), "a step was logged twice"
+    assert steps == list(range(steps[0], steps[0] + len(steps))), "a step is missing"
+    assert steps[-1] == 400 - 1 or steps[-1] == 400
