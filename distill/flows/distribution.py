@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Size, Tensor, nn
@@ -38,7 +39,8 @@ class Flow(nn.Module):
     a standard Normal on the module's device and dtype.
 
     Shapes: data ``(..., D)``; context ``(..., C)`` broadcastable against the data's batch
-    shape; sampling methods return ``sample_shape + context.shape[:-1] + (D,)``.
+    shape; sampling methods take ``sample_shape`` as a tuple or an int (``sample(1000)`` is
+    ``sample((1000,))``) and return ``sample_shape + context.shape[:-1] + (D,)``.
     """
 
     def __init__(self, bijector: Bijector, base: nn.Module | None = None):
@@ -57,8 +59,10 @@ class Flow(nn.Module):
         u, log_det = self.bijector.inverse(x, context)
         return self.base.log_prob(u) + log_det
 
-    def _noise(self, sample_shape, context: Tensor | None) -> Tensor:
-        shape = Size(sample_shape)
+    def _noise(self, sample_shape: int | Sequence[int], context: Tensor | None) -> Tensor:
+        """Base draws of ``sample_shape`` (an int N is ``(N,)``, as in ``torch.randn``) plus the
+        context's batch shape."""
+        shape = Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
         if context is not None:
             shape = shape + context.shape[:-1]
         return self.base.rsample(shape)

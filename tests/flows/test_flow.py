@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from distill.flows import BatchNorm
+from distill.flows import BatchNorm, build_maf
 from tests.flows.helpers import (
     FLOW_BUILDERS,
     assert_every_parameter_has_gradient,
@@ -129,3 +129,10 @@ def test_wrong_last_dimension_is_a_clear_error(name, shape):
     message = re.escape(f"x has shape {shape}") + ".*" + re.escape(f"shape (..., {D})")
     with pytest.raises(ValueError, match=message):
         flow.log_prob(torch.randn(shape, dtype=torch.float64))
+
+
+def test_an_int_sample_shape_is_a_one_dim_shape():
+    flow = build_maf(2, 2, (8,))
+    assert flow.sample(5).shape == flow.sample((5,)).shape == (5, 2)
+    x, log_q = flow.sample_and_log_prob(3)
+    assert x.shape == (3, 2) and log_q.shape == (3,)
