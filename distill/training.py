@@ -276,6 +276,10 @@ def fit(
             import wandb
 
             wandb.finish(exit_code=Terminated.code)
+        if os.environ.get("SLURM_JOB_ID"):
+            # A SLURM stop (preemption, scontrol requeue) is followed by a requeue: leave no
+            # result for submitit to collect, so its launcher waits for the requeued run.
+            os._exit(Terminated.code)
         raise Terminated() from None
     metrics = {
         f"{stage}/train_time_s": time.perf_counter() - start,

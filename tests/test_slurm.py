@@ -1,0 +1,104 @@
+"""Launching through a real one-node SLURM cluster (tests/slurm/start_cluster.sh, started by
+.ci/run as root): a 2-job Hydra sweep through submitit_slurm collects both results, and a job
+requeued while it runs (`scontrol requeue`, as a preemption does) resumes from its last.ckpt in
+the same run directory with no step lost or repeated. Skipped, with the reason, where no
+cluster can be started."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+START = Path(__file__).parent / "slurm" / "start_cluster.sh"
+CPU_CLUSTER = [
+    "cluster=slurm",
+    "cluster.accelerator=cpu",
+    "cluster.gpus_per_node=0",
+    "cluster.cpus_per_task=1",
+    "cluster.mem_gb=2",
+    "data=moons",
+    "data.num_train=2048",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    if shutil.which("sinfo") is None and not START.exists():
+        pytest.skip("no SLURM")
+    started = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(started.stderr.strip().splitlines()[-1] if started.stderr else "no SLURM")
+
+
+def launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    executable = Path(sys.executable).parent / "distill-teacher"
+    return subprocess.Popen(
+        [str(executable), "-m", *CPU_CLUSTER, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def job_state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_a_two_job_sweep_collects_both_results(slurm, tmp_path):
+    process = launch(tmp_path, "teacher.trainer.max_steps=5", "seed=0,1")
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert metrics["teacher/global_step"] == 5
+
+
+def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    process = launch(
+        tmp_path, "teacher.trainer.max_steps=1500", "teacher.trainer.log_every_n_steps=1"
+    )
+    deadline = time.monotonic() + 300
+    job = None
+    while time.monotonic() < deadline:
+        jobs = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
+        job = jobs[0] if jobs else None
+        if (
+            job
+            and job_state(job) == "RUNNING"
+            and (sweep / "0" / "checkpoints" / "best.ckpt").is_file()
+        ):
+            break
+        time.sleep(0.2)
+    assert job, "the job never started"
+    time.sleep(2)  # some steps past the first checkpoint
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    while job_state(job) != "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # a requeued job waits for a begin time (about two minutes): start it now
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+
+    run = sweep / "0"
+    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 1500
+    log = (run / "teacher.log").read_text()
+    assert "stopped by SIGTERM at global step" in log
+    assert "requeued SLURM job: resuming the teacher from its last.ckpt" in log
+    assert len((run / "overrides_history.jsonl").read_text().splitlines()) == 2  # 2 launches
+    steps = []
+    for path in sorted(run.glob("csv/version_*/metrics.csv")):
+        steps += [int(row["step"]) for row in csv.DictReader(path.open()) if row.get("train/nll")]
+    assert steps == sorted(set(steps)), "a step was logged twice"
+    assert steps == list(range(steps[0], steps[0] + len(steps))), "a step is missing"
