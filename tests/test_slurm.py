@@ -26,6 +26,8 @@ CPU_CLUSTER = [
     "data=moons",
     "data.num_train=2048",
     "logger=csv",
+    "flow@teacher.flow=maf",
+    "teacher.flow.hidden_features=[32,32]",
 ]
 
 
@@ -67,7 +69,7 @@ def test_a_two_job_sweep_collects_both_results(slurm, tmp_path):
 def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     process = launch(
-        tmp_path, "teacher.trainer.max_steps=1500", "teacher.trainer.log_every_n_steps=1"
+        tmp_path, "teacher.trainer.max_steps=600", "teacher.trainer.log_every_n_steps=1"
     )
     deadline = time.monotonic() + 300
     job = None
@@ -92,7 +94,7 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
     assert process.returncode == 0, stderr[-3000:]
 
     run = sweep / "0"
-    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 1500
+    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 600
     log = (run / "teacher.log").read_text()
     assert "stopped by SIGTERM at global step" in log
     assert "requeued SLURM job: resuming the teacher from its last.ckpt" in log
