@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -31,7 +32,8 @@ def _is_user_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in DISK_ERRORS
 
 
-FAILURES = "failures.jsonl"  # in a sweep's directory: one line per failed job
+FAILURES = "failures.jsonl"
+log = logging.getLogger("distill")  # in a sweep's directory: one line per failed job
 
 
 def exit_on_user_error(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -110,6 +112,25 @@ class SweepSummary(Callback):
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def entry_point(
+    config_name: str, run: Callable[[DictConfig], Mapping[str, Any] | None], summary: str
+) -> Callable[[], Any]:
+    """The Hydra ``main`` of a command: compose ``config_name``, ``run`` it (user errors as one
+    line), log ``summary`` (a format string over the metrics and ``run_dir``) and return the
+    ``optimized_metric`` to a sweeper; other ranks of a distributed run return None."""
+
+    @hydra.main(version_base="1.3", config_path="pkg://distill.conf", config_name=config_name)
+    @exit_on_user_error
+    def main(cfg: DictConfig) -> float | None:
+        metrics = run(cfg)
+        if metrics is None:
+            return None
+        log.info(summary.format_map({"run_dir": cfg.paths.output_dir, **metrics}))
+        return optimized_metric(cfg, metrics)
+
+    return main
 
 
 def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float:

@@ -17,11 +17,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill.checks import validate
-from distill.cli.common import exit_on_user_error, optimized_metric
+from distill.cli.common import entry_point
 from distill.models import TeacherModule
 from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import distill_student, load_teacher, train_teacher
@@ -80,19 +79,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="pkg://distill.conf", config_name="distill")
-@exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    if metrics is None:
-        return None
-    log.info(
-        "teacher test NLL %.4f, student %.4f; student KL %.4f nats; sampling %.1fx faster. "
-        "Report: %s",
-        metrics["teacher/test_nll"],
-        metrics["student/test_nll"],
-        metrics["student/kl_trimmed_mean"],
-        metrics["sampling/speedup"],
-        Path(cfg.paths.output_dir) / "report.md",
-    )
-    return optimized_metric(cfg, metrics)
+main = entry_point(
+    "distill",
+    run,
+    "teacher test NLL {teacher/test_nll:.4f}, student {student/test_nll:.4f}; student KL "
+    "{student/kl_trimmed_mean:.4f} nats; sampling {sampling/speedup:.1f}x faster; "
+    "run dir {run_dir}",
+)

@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from distill.checks import validate
-from distill.cli.common import exit_on_user_error, optimized_metric
+from distill.cli.common import entry_point
 from distill.report import append_overrides_history, key_settings, write_run
 from distill.stages import distill_student, load_teacher
 from distill.training import run_overrides
-
-log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -34,19 +30,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return student.metrics
 
 
-@hydra.main(version_base="1.3", config_path="pkg://distill.conf", config_name="student")
-@exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    if metrics is None:
-        return None
-    log.info(
-        "student KL %.4f nats (1%%-trimmed), test NLL %.4f vs teacher %.4f, sampling %.1fx "
-        "faster; run dir %s",
-        metrics["student/kl_trimmed_mean"],
-        metrics["student/test_nll"],
-        metrics["teacher/test_nll"],
-        metrics["sampling/speedup"],
-        cfg.paths.output_dir,
-    )
-    return optimized_metric(cfg, metrics)
+main = entry_point(
+    "student",
+    run,
+    "student KL {student/kl_trimmed_mean:.4f} nats (1%-trimmed), test NLL {student/test_nll:.4f} "
+    "vs teacher {teacher/test_nll:.4f}, sampling {sampling/speedup:.1f}x faster; run dir {run_dir}",
+)
