@@ -184,6 +184,31 @@ class GeneratedDataModule(DensityDataModule):
         )
 
 
+class SplitDataModule(DensityDataModule):
+    """Data from one fixed ``(N, D)`` array (``_rows``), split into disjoint train/val/test
+    rows by a permutation drawn from ``seed``; val and test hold the rounded fractions."""
+
+    def __init__(
+        self,
+        features: int,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 256,
+        num_workers: int = 0,
+    ):
+        super().__init__(features, batch_size, num_workers)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.seed = seed
+
+    def _rows(self) -> Tensor:
+        """All the rows ``(N, D)``, data space."""
+        raise NotImplementedError
+
+    def _splits(self) -> tuple[Tensor, Tensor, Tensor]:
+        return split_rows(self._rows(), self.val_fraction, self.test_fraction, self.seed, self.name)
+
+
 def split_rng(seed: int, index: int) -> np.random.RandomState:
     """The random state of split ``index`` (0 train, 1 val, 2 test) for ``seed``."""
     return np.random.RandomState(np.random.MT19937(np.random.SeedSequence([seed, index])))

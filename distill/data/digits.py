@@ -8,11 +8,13 @@ bound on the discrete pixels' likelihood. Likelihoods are reported in bits/dim o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from sklearn.datasets import load_digits
 from torch import Tensor
 
-from distill.data.datamodule import DensityDataModule, Rows, split_rng, split_rows
+from distill.data.datamodule import Rows, SplitDataModule, split_rng
 
 NUM_LEVELS = 17  # pixel values 0..16
 
@@ -25,7 +27,7 @@ class Dequantized(Rows):
         return batch + torch.rand(batch.shape, dtype=batch.dtype)
 
 
-class DigitsDataModule(DensityDataModule):
+class DigitsDataModule(SplitDataModule):
     """The 1797 digits of ``sklearn.datasets.load_digits`` (shipped with sklearn), split into
     disjoint train/val/test rows by ``seed``; 64-D, ``image_shape = (8, 8)``.
 
@@ -39,18 +41,8 @@ class DigitsDataModule(DensityDataModule):
     image_shape = (8, 8)
     bits_per_dim = True
 
-    def __init__(
-        self,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        logit_alpha: float = 0.05,
-        batch_size: int = 256,
-        num_workers: int = 0,
-    ):
-        super().__init__(64, batch_size, num_workers)
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.seed = seed
+    def __init__(self, logit_alpha: float = 0.05, test_fraction: float = 0.2, **splits: Any):
+        super().__init__(64, test_fraction=test_fraction, **splits)
         self.logit_alpha = logit_alpha
         self.train_pixels: Tensor | None = None
 
@@ -62,9 +54,11 @@ class DigitsDataModule(DensityDataModule):
             "logit_alpha": self.logit_alpha,
         }
 
+    def _rows(self) -> Tensor:
+        return torch.as_tensor(load_digits().data, dtype=torch.float32)
+
     def _splits(self) -> tuple[Tensor, Tensor, Tensor]:
-        pixels = torch.as_tensor(load_digits().data, dtype=torch.float32)
-        splits = split_rows(pixels, self.val_fraction, self.test_fraction, self.seed, "digits")
+        splits = super()._splits()  # integer pixels
         self.train_pixels = splits[0]
         return tuple(
             split + torch.as_tensor(split_rng(self.seed, index).rand(*split.shape))

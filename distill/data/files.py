@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from distill.data.datamodule import DensityDataModule, split_rows
+from distill.data.datamodule import SplitDataModule
 from distill.data.validation import check_matrix, split_sizes
 
 
@@ -92,29 +93,18 @@ def load_matrix(path: str | Path) -> np.ndarray:
     return data
 
 
-class FileDataModule(DensityDataModule):
+class FileDataModule(SplitDataModule):
     """Data from the user's ``.npy`` or ``.csv`` file of shape (N, D), loaded and validated at
     construction, split into disjoint train/val/test rows by ``seed``; standardized."""
 
     name = "file"
 
-    def __init__(
-        self,
-        path: str,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 0,
-        batch_size: int = 256,
-        num_workers: int = 0,
-    ):
+    def __init__(self, path: str, **splits: Any):
         data = load_matrix(path)
-        split_sizes(len(data), val_fraction, test_fraction, str(path))
-        super().__init__(data.shape[1], batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(data.shape[1], **splits)
+        split_sizes(len(data), self.val_fraction, self.test_fraction, str(path))
         self.path = str(path)
         self.rows = torch.as_tensor(data, dtype=torch.float32)
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.seed = seed
 
-    def _splits(self) -> tuple[Tensor, Tensor, Tensor]:
-        return split_rows(self.rows, self.val_fraction, self.test_fraction, self.seed, self.path)
+    def _rows(self) -> Tensor:
+        return self.rows
