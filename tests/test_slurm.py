@@ -41,7 +41,24 @@ def slurm():
         pytest.skip(started.stderr.strip().splitlines()[-1] if started.stderr else "no SLURM")
 
 
-def launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+@pytest.fixture
+def launch(tmp_path):
+    """``launch(*overrides)``: a ``distill-teacher -m`` sweep on the cluster, in the
+    background; killed (with its jobs) if the test ends first."""
+    processes = []
+
+    def start(*overrides: str) -> subprocess.Popen:
+        processes.append(_launch(tmp_path, *overrides))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            subprocess.run(["scancel", "--name=teacher"], check=False)
+
+
+def _launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     executable = Path(sys.executable).parent / "distill-teacher"
     return subprocess.Popen(
         [str(executable), "-m", *CPU_CLUSTER, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
@@ -57,8 +74,8 @@ def job_state(job: str) -> str:
     return out.stdout.strip()
 
 
-def test_a_two_job_sweep_collects_both_results(slurm, tmp_path):
-    process = launch(tmp_path, "teacher.trainer.max_steps=5", "seed=0,1")
+def test_a_two_job_sweep_collects_both_results(slurm, launch, tmp_path):
+    process = launch("teacher.trainer.max_steps=5", "seed=0,1")
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
     for job in ("0", "1"):
@@ -66,11 +83,9 @@ def test_a_two_job_sweep_collects_both_results(slurm, tmp_path):
         assert metrics["teacher/global_step"] == 5
 
 
-def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, tmp_path):
+def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, launch, tmp_path):
     sweep = tmp_path / "sweep"
-    process = launch(
-        tmp_path, "teacher.trainer.max_steps=600", "teacher.trainer.log_every_n_steps=1"
-    )
+    process = launch("teacher.trainer.max_steps=600", "teacher.trainer.log_every_n_steps=1")
     deadline = time.monotonic() + 300
     job = None
     while time.monotonic() < deadline:
