@@ -72,7 +72,7 @@ def test_stages_read_their_own_nodes(compose_config):
         "distill",
         ["teacher.optim.lr=0.5", "student.trainer.max_steps=7", "optim@student.optim=adamw"],
     )
-    assert cfg.teacher.optim.lr == 0.5 and cfg.student.optim.lr == 3e-4
+    assert cfg.teacher.optim.lr == 0.5 and cfg.student.optim.lr == 3e-3
     assert cfg.student.trainer.max_steps == 7 and cfg.teacher.trainer.max_steps == 3000
     assert cfg.student.optim.name == "adamw" and cfg.teacher.optim.name == "adam"
 
@@ -85,7 +85,8 @@ def test_a_key_that_does_not_exist_is_refused(compose_config):
 
 
 @pytest.mark.parametrize(
-    "loss", ["reverse_kl", "reverse_kl_closed_form", "forward_kl", "regression", "mixed"]
+    "loss",
+    ["reverse_kl", "reverse_kl_closed_form", "forward_kl", "regression", "mixed", "scheduled"],
 )
 def test_loss_configs_build_objectives(compose_config, loss):
     from distill.losses import DistillationObjective

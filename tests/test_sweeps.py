@@ -66,7 +66,7 @@ def test_a_student_sweep_trains_one_teacher_and_names_its_runs(tmp_path, wandb_e
     losses = {
         json.loads((sweep / f"{job}/metrics.json").read_text())["student/init"] for job in "012"
     }
-    assert losses == {"teacher"}
+    assert losses == {"identity"}
 
     records = wandb_run(sweep / "0" / "student")
     run = next(r["run"] for r in records if r["type"] == "run")
