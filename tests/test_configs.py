@@ -68,13 +68,15 @@ def test_a_directory_set_in_the_config_is_used(compose_config, tmp_path):
 
 
 def test_stages_read_their_own_nodes(compose_config):
+    defaults = compose_config("distill")
     cfg = compose_config(
         "distill",
-        ["teacher.optim.lr=0.5", "student.trainer.max_steps=7", "optim@student.optim=adamw"],
+        ["teacher.optim.lr=0.5", "student.trainer.max_steps=7", "optim@teacher.optim=adamw"],
     )
-    assert cfg.teacher.optim.lr == 0.5 and cfg.student.optim.lr == 3e-3
-    assert cfg.student.trainer.max_steps == 7 and cfg.teacher.trainer.max_steps == 3000
-    assert cfg.student.optim.name == "adamw" and cfg.teacher.optim.name == "adam"
+    assert cfg.teacher.optim.lr == 0.5 and cfg.student.optim == defaults.student.optim
+    assert cfg.student.trainer.max_steps == 7
+    assert cfg.teacher.trainer.max_steps == defaults.teacher.trainer.max_steps
+    assert cfg.teacher.optim.name == "adamw"
 
 
 def test_a_key_that_does_not_exist_is_refused(compose_config):

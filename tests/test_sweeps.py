@@ -100,7 +100,7 @@ def test_a_failed_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: 1 job(s) of the sweep failed")
     error = json.loads((sweep / "0" / "error.json").read_text())
-    assert "optim.lr must be positive" in error["error"]
+    assert "teacher.optim.lr=-1 is not valid" in error["error"]
     assert "teacher.optim.lr=-1" in error["overrides"]
     assert len((sweep / "failures.jsonl").read_text().splitlines()) == 1
     assert json.loads((sweep / "1" / "metrics.json").read_text())["teacher/global_step"] == 3
