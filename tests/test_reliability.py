@@ -275,3 +275,16 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path, wand
     assert steps == sorted(set(steps)), "a step was logged twice"
     assert steps == list(range(steps[0], steps[0] + len(steps))), "a step is missing"
     assert steps[-1] == 400 - 1 or steps[-1] == 400
+
+
+def test_a_read_only_run_directory_is_one_line(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if (read_only / "probe").touch() is None and (read_only / "probe").exists():
+            pytest.skip("running as root: permissions are not enforced")
+    except PermissionError:
+        pass
+    result = run_cli("distill-teacher", *MOONS, f"hydra.run.dir={read_only / 'run'}", cwd=tmp_path)
+    assert "cannot write the run directory" in one_line_error(result)

@@ -75,14 +75,23 @@ def record_failure(run_dir: Path, sweep: Path, error: BaseException) -> None:
 
 
 class RunDirectoryGuard(Callback):
-    """Refuses, before Hydra writes anything into it, a run directory that already holds a
-    run (its metrics, checkpoints or stages), unless the command resumes a stage: two runs in
-    one directory would mix their configs, metrics and checkpoints."""
+    """Refuses, before Hydra writes anything into it, a run directory that cannot be written,
+    or that already holds a run (its metrics, checkpoints or stages) unless the command
+    resumes a stage: two runs in one directory would mix their configs, metrics and
+    checkpoints."""
 
     HELD = ("metrics.json", "checkpoints", "teacher", "student", "report.md")
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
+        existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            print(
+                f"error: cannot write the run directory {run_dir} ({existing} is read-only or "
+                "not yours): pass hydra.run.dir=<a writable directory>",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         held = [name for name in self.HELD if (run_dir / name).exists()]
         resuming = requeued() or any(
             config.get(stage, {}).get("resume") for stage in ("teacher", "student")
