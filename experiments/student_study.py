@@ -277,7 +277,11 @@ SMALL_STUDENTS = {
 REGULARIZED = {
     "reverse_kl-clip10": ["loss@student.loss=reverse_kl", "student.loss.clip=10"],
     "reverse_kl-ema0.99": ["loss@student.loss=reverse_kl", "student.ema_decay=0.99"],
-    "mixed0.1-ema0.99": ["loss@student.loss=mixed", "student.loss.terms.forward_kl=0.1", "student.ema_decay=0.99"],
+    "mixed0.1-ema0.99": [
+        "loss@student.loss=mixed",
+        "student.loss.terms.forward_kl=0.1",
+        "student.ema_decay=0.99",
+    ],
 }
 
 SEEDS = "seeds 1, 2 (init=teacher: lr 3e-4, 1000 steps; init=identity: lr 1e-3, 2000 steps)"
