@@ -71,14 +71,16 @@ class Run:
 
 
 # The student study on SIGGRAPH, each a distill-student override list on the teacher of the
-# main job (`default-seed0`): the default student (2-layer spline IAF, MADE 64x64, 32 bins,
+# main job (`default-seed0`, whose student was a 2-layer spline IAF of MADE 64x64, 32 bins,
 # forward KL with 1,024 samples, lr 3e-3, 2,500 steps, init=identity) with one thing changed.
+# `sig-2x128` (MADE 128x128) is the shipped default student since: the default job = the
+# teacher of `default-seed0` + `sig-2x128`.
 SIGGRAPH_STUDENTS = {
+    "2x128": ["student.flow.hidden_features=[128,128]"],
+    "scheduled": ["loss@student.loss=scheduled"],
     "reverse_kl": ["loss@student.loss=reverse_kl"],
     "mixed": ["loss@student.loss=mixed"],
-    "scheduled": ["loss@student.loss=scheduled"],
     "forward_kl-512": ["student.loss.num_samples=512"],
-    "2x128": ["student.flow.hidden_features=[128,128]"],
     "bins16": ["student.flow.bins=16"],
     "1x256": ["student.flow.num_layers=1", "student.flow.hidden_features=[256,256]"],
 }
@@ -88,15 +90,20 @@ MOONS_STUDENTS = {
     "scheduled": ["loss@student.loss=scheduled"],
 }
 
-EXPERIMENTS = ("siggraph", "moons", "8gaussians", "checkerboard", "2spirals", "digits")
+EXPERIMENTS = ("digits", "moons", "checkerboard", "8gaussians", "2spirals", "siggraph")
 
 
 def registry() -> list[Run]:
     """In the order they run: the main job first (the SIGGRAPH students distill its teacher),
-    then the longest experiment beside the students."""
+    the experiments, then the student variants and more seeds of the main job."""
     main_job = "the main job: `distill`"
     runs = [Run("default-seed0", "distill", [], main_job)]
-    runs.append(Run("experiment-siggraph", "distill", ["experiment=siggraph"], "experiments"))
+    runs += [
+        Run(f"experiment-{name}", "distill", [f"experiment={name}"], "experiments")
+        for name in EXPERIMENTS
+    ]
+    # The default job's settings on moons (what experiment=moons first shipped): spline teacher.
+    runs.append(Run("default-job-moons", "distill", ["data=moons"], "experiments"))
     runs += [
         Run(
             f"sig-{tag}",
@@ -106,11 +113,6 @@ def registry() -> list[Run]:
             teacher="default-seed0",
         )
         for tag, overrides in SIGGRAPH_STUDENTS.items()
-    ]
-    runs += [
-        Run(f"experiment-{name}", "distill", [f"experiment={name}"], "experiments")
-        for name in EXPERIMENTS
-        if name != "siggraph"
     ]
     runs += [
         Run(
