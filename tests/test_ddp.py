@@ -186,7 +186,7 @@ def test_every_logger_keeps_its_curves_under_ddp(tmp_path, wandb_env, strategy, 
         assert len(curves["train/nll"]) >= 3, sorted(curves)
         assert curves["val/nll"], sorted(curves)
     if logger == "tensorboard":  # the HParams tab's metric is the stage's objective
-        assert curves["hp_metric"][-1] == pytest.approx(metrics["teacher/test_nll"], rel=1e-6)
+        assert pytest.approx(metrics["teacher/test_nll"], rel=1e-6) in curves["hp_metric"]
 
 
 @pytest.mark.slow
