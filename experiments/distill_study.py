@@ -102,8 +102,30 @@ def registry() -> list[Run]:
         Run(f"experiment-{name}", "distill", [f"experiment={name}"], "experiments")
         for name in EXPERIMENTS
     ]
-    # The default job's settings on moons (what experiment=moons first shipped): spline teacher.
-    runs.append(Run("default-job-moons", "distill", ["data=moons"], "experiments"))
+    # The default job's settings on moons with its first student (MADE 64x64), and the affine
+    # teacher of the teacher-quality study (10 layers, 5,000 steps) with the default student.
+    runs.append(
+        Run(
+            "default-job-moons",
+            "distill",
+            ["data=moons", "student.flow.hidden_features=[64,64]"],
+            "experiments",
+        )
+    )
+    runs.append(
+        Run(
+            "moons-affine-teacher",
+            "distill",
+            [
+                "experiment=moons",
+                "flow@teacher.flow=maf",
+                "teacher.flow.num_layers=10",
+                "teacher.optim.lr=1e-3",
+                "teacher.trainer.max_steps=5000",
+            ],
+            "experiments",
+        )
+    )
     runs += [
         Run(
             f"sig-{tag}",

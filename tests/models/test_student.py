@@ -15,7 +15,7 @@ from distill.stages import load_teacher
 
 STUDENT = [
     "student.optim.warmup_steps=20",
-    "student.trainer.max_steps=300",
+    "student.trainer.max_steps=600",
     "student.evaluation.num_kl_samples=20000",
     "student.evaluation.num_timing_samples=500",
     "data.num_train=4096",
@@ -53,13 +53,15 @@ def distilled(trained_teacher, tmp_path_factory):
 
 def test_short_distillation_on_moons_meets_kl_and_coverage(distilled):
     metrics, _, _, _ = distilled
-    # Measured with this 300-step teacher and a 300-step student (defaults: mixed loss,
-    # init=teacher): trimmed KL 0.003 nats, coverage loss 0, NLL 0.986 vs the teacher's 0.980.
-    # (From init=identity the same run gave 0.23 nats.) The thresholds are the targets.
-    assert metrics["student/kl_trimmed_mean"] < 0.05
+    # Measured with this 300-step spline teacher and a 600-step student of the defaults (a 2-layer
+    # spline IAF from scratch, init=identity, forward KL): trimmed KL 0.022 nats, coverage loss 0,
+    # NLL 0.380 vs the teacher's 0.373 (+2.0%). At 300 steps: +5.8%. (A warm start from the
+    # teacher, the previous default, gave 0.003 nats.) The thresholds are the targets.
+    shown = {k: v for k, v in metrics.items() if k.startswith(("student/", "teacher/test"))}
+    assert metrics["student/kl_trimmed_mean"] < 0.05, shown
     assert metrics["student/coverage_loss"] < 0.01
-    assert metrics["student/test_nll"] < metrics["teacher/test_nll"] * 1.05
-    assert metrics["student/kl_tail_fraction"] < 0.01
+    assert metrics["student/test_nll"] < metrics["teacher/test_nll"] * 1.05, shown
+    assert metrics["student/kl_tail_fraction"] < 0.01, shown
 
 
 def test_teacher_is_frozen_during_distillation(distilled):
