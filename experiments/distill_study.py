@@ -240,14 +240,14 @@ def targets(record: dict) -> str:
         limit = 0.03 if "digits" in name else 0.05
         checks[f"gap<={limit:.0%}"] = m["student/nll_relative_gap"] <= limit
     if record["command"].startswith("distill ") or record["command"] == "distill":
-        if name.startswith("default") or name.endswith("siggraph"):
-            limit = 0.25 if name.startswith("default") else 0.15
+        if name.startswith("default-seed") or name.endswith("siggraph"):
+            limit = 0.25 if name.startswith("default-seed") else 0.15
             checks[f"excess<={limit}"] = m.get("teacher/excess_nll", 9) <= limit
             for role in ("teacher", "student"):
                 checks[f"{role} in_support>=0.9"] = m.get(f"{role}/in_support", 0) >= 0.9
             checks["speedup>=3"] = m.get("sampling/speedup", 0) >= 3
             if wall is not None:
-                budget = 300 if name.startswith("default") else 900
+                budget = 300 if name.startswith("default-seed") else 900
                 checks[f"wall<={budget}s"] = wall <= budget
         elif name.endswith("digits"):
             checks["bpd<=2.0"] = m.get("teacher/test_bpd", 9) <= 2.0
