@@ -121,5 +121,33 @@ def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
                 f"{stage}.resume={resume} is not a file: pass a checkpoint written by this "
                 f"stage, or `last` with hydra.run.dir=<the run's directory>"
             )
-    if "student" in stages and "reverse_kl_closed_form" in cfg.student.loss.terms:
-        _closed_form_flows(cfg)
+    if "student" in stages:
+        _check_schedule(cfg)
+        if "reverse_kl_closed_form" in cfg.student.loss.terms:
+            _closed_form_flows(cfg)
+
+
+def _check_schedule(cfg: DictConfig) -> None:
+    """``student.loss.schedule``: term -> ``[[progress, factor], ...]``, each term one of
+    ``loss.terms``, progress increasing in [0, 1], factors >= 0."""
+    schedule = _get(cfg, "student.loss.schedule")
+    if not schedule:
+        return
+    schedule = OmegaConf.to_container(schedule)
+    terms = set(cfg.student.loss.terms)
+    for term, knots in schedule.items():
+        progress = [knot[0] for knot in knots] if isinstance(knots, list) else []
+        valid = (
+            term in terms
+            and progress
+            and all(isinstance(k, list) and len(k) == 2 and all(map(_number, k)) for k in knots)
+            and all(0 <= p <= 1 for p in progress)
+            and progress == sorted(progress)
+            and all(k[1] >= 0 for k in knots)
+        )
+        if not valid:
+            raise ConfigError(
+                f"student.loss.schedule.{term}={knots!r} is not valid: it must name a term of "
+                f"student.loss.terms ({', '.join(sorted(terms))}) and list [progress, factor] "
+                "pairs with progress increasing in [0, 1] and factors >= 0"
+            )

@@ -58,6 +58,16 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         ("distill", "+student.loss.terms.foo=1", r"student.loss.terms=.* is not valid"),
         ("distill", "loss@student.loss=reverse_kl_closed_form", r"reverse_kl_closed_form needs"),
         (
+            "distill",
+            "+student.loss.schedule.foo=[[0,1]]",
+            r"student.loss.schedule.foo=.* not valid",
+        ),
+        (
+            "distill",
+            "+student.loss.schedule.forward_kl=[[0.5,1],[0.2,0]]",
+            r"progress increasing in \[0, 1\]",
+        ),
+        (
             "teacher",
             "teacher.resume=/nonexistent.ckpt",
             r"teacher.resume=/nonexistent.ckpt is not a file",
