@@ -88,7 +88,10 @@ class StudentModule(FlowModule):
         )
         for frozen in (self.teacher, self.preprocessing, self.student_ema):
             if frozen is not None:
-                frozen.requires_grad_(False)
+                # eval from the start: Lightning restores each submodule's own mode after its
+                # sanity validation, bypassing `train` below, so a frozen part built in train
+                # mode would stay there (a BatchNorm teacher then moves its statistics)
+                frozen.requires_grad_(False).eval()
 
     @classmethod
     def from_teacher(cls, teacher: TeacherModule, **kwargs: Any) -> StudentModule:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distill.cli.student import run as run_student
-from distill.models import StudentModule
+from distill.models import StudentModule, TeacherModule
 from distill.stages import load_teacher
 
 STUDENT = [
@@ -187,3 +187,39 @@ def test_distill_end_to_end_with_tiny_step_counts(tmp_path):
     for image in images:
         assert image.resolve().is_relative_to(run.resolve())
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_batch_norm_teacher_keeps_its_statistics_through_distillation(tmp_path):
+    """The frozen teacher stays in eval mode through Lightning's sanity validation (which
+    restores each submodule's mode) and training: its BatchNorm statistics do not move."""
+    import lightning as L
+
+    from distill.data import build_datamodule
+    from tests.flows.helpers import perturb
+
+    datamodule = build_datamodule("moons", num_train=512, num_val=128, num_test=128, batch_size=64)
+    datamodule.setup()
+    teacher = TeacherModule.from_datamodule(
+        datamodule, {"_target_": "distill.flows.build_maf", "num_layers": 2, "batch_norm": True}
+    )
+    perturb(teacher.flow)
+    before = {k: v.clone() for k, v in teacher.flow.state_dict().items()}
+    student = StudentModule.from_teacher(
+        teacher,
+        student={"_target_": "distill.flows.build_iaf", "features": 2, "num_layers": 1},
+        loss={"terms": {"reverse_kl": 1.0}, "num_samples": 64},
+        optim={"lr": 1e-3},
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        num_sanity_val_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(student, datamodule=datamodule)
+    after = student.teacher.state_dict()
+    assert any("running_var" in key for key in before)
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=key)
