@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the tests that launch through submitit_slurm:
 # installs Debian's slurm-wlm and munge if needed (root only), writes a minimal slurm.conf
-# (one partition `debug` holding this host; no cgroups), and starts munged, slurmctld and
+# (one partition `debug` holding this host; no cgroups; a job credential lives 10 s, so a
+# requeued job restarts after ~10 s instead of SLURM's default 2 minutes), and starts munged, slurmctld and
 # slurmd. Idempotent: an already running cluster is left as it is. Prints one line and exits
 # non-zero with the reason when it cannot (not root, no package manager, a daemon failing).
 set -euo pipefail
@@ -30,6 +31,7 @@ ClusterName=distill
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
