@@ -9,10 +9,12 @@ one parallel pass and ``inverse`` is sequential. An IAF layer is the ``Invert`` 
 layer up to which side its conditioner reads (the tutorial's "MAF and IAF are the same
 bijector class").
 
-The conditioner's interface (MADE's, and any other autoregressive network's): ``features``,
-``out_multiplier`` (P), ``order``, ``forward(inputs, context)`` -> ``(..., P * D)`` laid out
-as P blocks of D, and ``solve(given, step, context)`` for the sequential direction
-(`MADE.solve`).
+The conditioner's interface (`MADE` over the dimensions of vectors ``(..., D)``, `WaveNet`
+over the time steps of sequences ``(..., C, T)``): ``out_multiplier`` (P), ``event_dims``
+(the trailing dims of one event: 1 for vectors, 2 for sequences), ``params(inputs, context)``
+-> ``inputs.shape + (P,)``, and ``solve(given, step, context)`` for the sequential direction,
+one call of ``step`` per dimension (MADE: ``(...)`` with ``(..., P)``) or per time step
+(WaveNet: ``(..., C)`` with ``(..., C, P)``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from distill.flows.base import Bijector
 from distill.flows.made import MADE
 from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline
+from distill.flows.wavenet import WaveNet
 
 
 class AutoregressiveLayer(Bijector):
@@ -37,7 +40,7 @@ class AutoregressiveLayer(Bijector):
 
     conditioner_reads_data: bool
 
-    def __init__(self, transform: ElementwiseTransform, conditioner: MADE):
+    def __init__(self, transform: ElementwiseTransform, conditioner: MADE | WaveNet):
         super().__init__()
         if conditioner.out_multiplier != transform.num_params:
             raise ValueError(
@@ -46,29 +49,42 @@ class AutoregressiveLayer(Bijector):
             )
         self.transform = transform
         self.conditioner = conditioner
-        self.features = conditioner.features
+        self.features = getattr(conditioner, "features", None)
+        # the dims log-dets are summed over: the event's, and those of one sequential step
+        self._event_dims = tuple(range(-conditioner.event_dims, 0))
+        self._step_dims = self._event_dims[1:]
 
     def extra_repr(self) -> str:
         return f"transform={self.transform}"
 
     def params(self, conditioner_input: Tensor, context: Tensor | None = None) -> Tensor:
-        """The transform's parameters ``(..., D, P)`` from the conditioner's input
-        ``(..., D)`` (x for MAF, u for IAF)."""
-        outputs = self.conditioner(conditioner_input, context)
-        return outputs.unflatten(-1, (self.transform.num_params, self.features)).transpose(-1, -2)
+        """The transform's parameters ``(*event, P)`` from the conditioner's input (x for
+        MAF, u for IAF): ``(..., D) -> (..., D, P)`` or ``(..., C, T) -> (..., C, T, P)``."""
+        return self.conditioner.params(conditioner_input, context)
+
+    def affine_params(
+        self, conditioner_input: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(mu, alpha)``, each of the input's shape, for an `Affine` transform: the shift and
+        log-scale of ``x = u * exp(alpha) + mu`` read from the conditioner's input."""
+        if not isinstance(self.transform, Affine):
+            raise TypeError(
+                f"affine_params needs an Affine transform, this layer has {self.transform}"
+            )
+        return self.transform.shift_and_log_scale(self.params(conditioner_input, context))
 
     def forward(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Noise ``u`` (..., D) -> data ``x`` (..., D) and log|dx/du| (...)."""
+        """Noise ``u`` -> data ``x`` (the event's shape) and log|dx/du| (the batch shape)."""
         if self.conditioner_reads_data:
             return self._solve(u, context, self.transform.forward)
         x, log_det = self.transform.forward(u, self.params(u, context))
-        return x, log_det.sum(-1)
+        return x, log_det.sum(self._event_dims)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Data ``x`` (..., D) -> noise ``u`` (..., D) and log|du/dx| (...)."""
+        """Data ``x`` -> noise ``u`` (the event's shape) and log|du/dx| (the batch shape)."""
         if self.conditioner_reads_data:
             u, log_det = self.transform.inverse(x, self.params(x, context))
-            return u, log_det.sum(-1)
+            return u, log_det.sum(self._event_dims)
         return self._solve(x, context, self.transform.inverse)
 
     def _solve(
@@ -78,14 +94,15 @@ class AutoregressiveLayer(Bijector):
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     ) -> tuple[Tensor, Tensor]:
         """The sequential direction: ``y`` with ``y_i = transform(given_i, theta_i(y_<i))``,
-        solved one dimension at a time in rank order (`MADE.solve`), and its log-det: the
-        sum of the elementwise log-dets of the steps."""
+        solved one step at a time (`MADE.solve`: a dimension in rank order; `WaveNet.solve`: a
+        time step), and its log-det: the sum of the elementwise log-dets of the steps."""
         log_det: Tensor | float = 0.0
+        step_dims = self._step_dims
 
         def step(given_i: Tensor, params_i: Tensor) -> Tensor:
             nonlocal log_det
             solution_i, log_det_i = transform(given_i, params_i)
-            log_det = log_det + log_det_i
+            log_det = log_det + (log_det_i.sum(step_dims) if step_dims else log_det_i)
             return solution_i
 
         solution = self.conditioner.solve(given, step, context)
@@ -129,18 +146,11 @@ class AutoregressiveAffine(AutoregressiveLayer):
         log_scale_bound: float = 3.0,
         activation: type[nn.Module] = nn.ReLU,
     ):
-        transform = Affine(log_scale_bound)
+        transform = elementwise_transform("affine", log_scale_bound=log_scale_bound)
         super().__init__(
             transform,
             _made(transform, features, hidden_features, order, context_features, activation),
         )
-
-    def affine_params(
-        self, conditioner_input: Tensor, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(mu, alpha)``, each ``(..., D)``, from the conditioner's input (x for MAF, u for
-        IAF): the per-dimension shift and log-scale of ``x = u * exp(alpha) + mu``."""
-        return self.transform.shift_and_log_scale(self.params(conditioner_input, context))
 
 
 class AutoregressiveSpline(AutoregressiveLayer):
@@ -160,7 +170,7 @@ class AutoregressiveSpline(AutoregressiveLayer):
         tail_bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
     ):
-        transform = RationalQuadraticSpline(bins, tail_bound)
+        transform = elementwise_transform("spline", bins=bins, tail_bound=tail_bound)
         super().__init__(
             transform,
             _made(transform, features, hidden_features, order, context_features, activation),
@@ -202,6 +212,68 @@ class InverseAutoregressiveSpline(AutoregressiveSpline):
 
     Fast direction: ``forward`` (noise -> data, sampling with its log-det), one MADE pass.
     Slow direction: ``inverse`` (density of external data), D sequential steps.
+    """
+
+    conditioner_reads_data = False
+
+
+def elementwise_transform(
+    name: str, log_scale_bound: float = 3.0, bins: int = 8, tail_bound: float = 5.0
+) -> ElementwiseTransform:
+    """The elementwise transform called ``name``: "affine" (`Affine`, bounded by
+    ``log_scale_bound``) or "spline" (`RationalQuadraticSpline` of ``bins`` bins on
+    ``[-tail_bound, tail_bound]``)."""
+    if name == "affine":
+        return Affine(log_scale_bound)
+    if name == "spline":
+        return RationalQuadraticSpline(bins, tail_bound)
+    raise ValueError(f"transform must be 'affine' or 'spline', got {name!r}")
+
+
+class AutoregressiveWaveNet(AutoregressiveLayer):
+    """An autoregressive layer over the time axis of ``(..., C, T)`` sequences whose
+    conditioner is a `WaveNet`: ``x_t = f(u_t; theta_t)``, theta_t read from the steps < t of
+    the data (`MaskedAutoregressiveWaveNet`) or of the noise (`InverseAutoregressiveWaveNet`).
+
+    Args:
+        channels: C.
+        transform: "affine" (Gaussian steps, as ClariNet: the closed-form KL applies) or
+            "spline"; ``log_scale_bound``, ``bins`` and ``tail_bound`` as in `build_flow`.
+        **wavenet: the `WaveNet`'s shape and conditioning (``num_layers``,
+            ``residual_channels``, ``skip_channels``, ``kernel_size``, ``dilation_cycle``,
+            ``global_features`` or ``local_features`` with ``hop_length``).
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        transform: str = "affine",
+        log_scale_bound: float = 3.0,
+        bins: int = 8,
+        tail_bound: float = 5.0,
+        **wavenet,
+    ):
+        elementwise = elementwise_transform(transform, log_scale_bound, bins, tail_bound)
+        super().__init__(
+            elementwise, WaveNet(channels, out_multiplier=elementwise.num_params, **wavenet)
+        )
+
+
+class MaskedAutoregressiveWaveNet(AutoregressiveWaveNet):
+    """MAF over time (a WaveNet teacher): ``x_t = f(u_t; theta(x_<t))``.
+
+    Fast direction: ``inverse`` (data -> noise, the density of a whole sequence), one WaveNet
+    pass. Slow direction: ``forward`` (sampling), T steps of the cached `WaveNet.solve`.
+    """
+
+    conditioner_reads_data = True
+
+
+class InverseAutoregressiveWaveNet(AutoregressiveWaveNet):
+    """IAF over time (a Parallel WaveNet student flow): ``x_t = f(u_t; theta(u_<t))``.
+
+    Fast direction: ``forward`` (noise -> data: a whole sequence with its log-det), one
+    WaveNet pass. Slow direction: ``inverse`` (density of external data), T cached steps.
     """
 
     conditioner_reads_data = False

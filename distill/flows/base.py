@@ -45,14 +45,14 @@ class Chain(Bijector):
         self.features = next((b.features for b in self.bijectors if b.features is not None), None)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = z.new_zeros(z.shape[:-1])
+        total = 0.0  # a tensor of the batch shape after the first bijector (there is one)
         for bijector in self.bijectors:
             z, log_det = bijector(z, context)
             total = total + log_det
         return z, total
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[:-1])
+        total = 0.0  # a tensor of the batch shape after the first bijector (there is one)
         for bijector in reversed(self.bijectors):
             x, log_det = bijector.inverse(x, context)
             total = total + log_det

@@ -1,4 +1,5 @@
-"""`Flow`: a distribution over R^D defined by a base density and a bijector."""
+"""`Flow`: a distribution over R^D defined by a base density and a bijector; `SequenceFlow`:
+the same over sequences ``(..., C, T)`` of any length T."""
 
 from __future__ import annotations
 
@@ -59,27 +60,35 @@ class Flow(nn.Module):
         u, log_det = self.bijector.inverse(x, context)
         return self.base.log_prob(u) + log_det
 
-    def _noise(self, sample_shape: int | Sequence[int], context: Tensor | None) -> Tensor:
+    def _noise(
+        self, sample_shape: int | Sequence[int], context: Tensor | None, length: int | None
+    ) -> Tensor:
         """Base draws of ``sample_shape`` (an int N is ``(N,)``, as in ``torch.randn``) plus the
         context's batch shape."""
+        if length is not None:
+            raise ValueError("length is for sequence flows; this flow acts on vectors")
         shape = Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
         if context is not None:
             shape = shape + context.shape[:-1]
         return self.base.rsample(shape)
 
-    def rsample(self, sample_shape=(), context: Tensor | None = None) -> Tensor:
-        """Reparameterized samples ``sample_shape + context batch + (D,)``, differentiable
-        with respect to the parameters (and the context)."""
-        x, _ = self.bijector(self._noise(sample_shape, context), context)
+    def rsample(
+        self, sample_shape=(), context: Tensor | None = None, length: int | None = None
+    ) -> Tensor:
+        """Reparameterized samples ``sample_shape + context batch + event``, differentiable
+        with respect to the parameters (and the context). ``length``: sequence flows only."""
+        x, _ = self.bijector(self._noise(sample_shape, context, length), context)
         return x
 
     @torch.no_grad()
-    def sample(self, sample_shape=(), context: Tensor | None = None) -> Tensor:
-        """Samples ``sample_shape + context batch + (D,)``, without a graph."""
-        return self.rsample(sample_shape, context)
+    def sample(
+        self, sample_shape=(), context: Tensor | None = None, length: int | None = None
+    ) -> Tensor:
+        """Samples ``sample_shape + context batch + event``, without a graph."""
+        return self.rsample(sample_shape, context, length)
 
     def sample_and_log_prob(
-        self, sample_shape=(), context: Tensor | None = None
+        self, sample_shape=(), context: Tensor | None = None, length: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """Samples x and their log q(x | c) from forward passes only.
 
@@ -88,9 +97,87 @@ class Flow(nn.Module):
         cached noise, with no inverse pass (for an IAF, one parallel pass in all).
         Differentiable (reparameterized).
         """
-        u = self._noise(sample_shape, context)
+        u = self._noise(sample_shape, context, length)
         x, log_det = self.bijector(u, context)
         return x, self.base.log_prob(u) - log_det
+
+
+class SequenceNormal(nn.Module):
+    """N(0, I) over sequences ``(..., C, T)`` of any length, on the module's device and dtype."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``(..., C, T) -> (...)``."""
+        return -0.5 * z.square().sum((-2, -1)) - z.shape[-2:].numel() * _HALF_LOG_TWO_PI
+
+    def rsample(self, shape: Size | tuple[int, ...]) -> Tensor:
+        """Draws of the full ``shape`` (its last two dims ``(C, T)``)."""
+        anchor = self._anchor
+        return torch.randn(*shape, dtype=anchor.dtype, device=anchor.device)
+
+
+class SequenceFlow(Flow):
+    """A flow over sequences ``(..., C, T)`` whose bijector acts on any length T (a stack of
+    WaveNet layers over time), optionally conditioned on a global context ``(..., G)`` or a
+    local one ``(..., L, T // hop_length)``.
+
+    Sampling draws ``length`` steps: by default ``length`` of the constructor (the training
+    crops'), or, given a local context, its frames times ``hop_length``. ``log_prob`` of a
+    sequence is the sum over its C * T values; divide by ``C * T`` for a per-step figure.
+    """
+
+    def __init__(
+        self,
+        bijector: Bijector,
+        channels: int,
+        length: int,
+        context_event_dims: int = 1,
+        hop_length: int | None = None,
+    ):
+        super().__init__(bijector, base=SequenceNormal(channels))
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        self.features = None
+        self.channels = channels
+        self.length = length
+        self.context_event_dims = context_event_dims
+        self.hop_length = hop_length
+
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        """``(C, T)`` of the default (training) length."""
+        return (self.channels, self.length)
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """log q(x | context), ``(..., C, T) -> (...)``; one inverse (data -> noise) pass."""
+        if x.dim() < 2 or x.shape[-2] != self.channels:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but this flow acts on sequences of "
+                f"{self.channels} channel(s): pass a tensor of shape (..., {self.channels}, T)"
+            )
+        return super().log_prob(x, context)
+
+    def _noise(
+        self, sample_shape: int | Sequence[int], context: Tensor | None, length: int | None
+    ) -> Tensor:
+        shape = Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
+        if context is not None:
+            shape = shape + context.shape[: -self.context_event_dims]
+            if self.hop_length is not None:
+                frames = context.shape[-1] * self.hop_length
+                if length is not None and length != frames:
+                    raise ValueError(
+                        f"length={length} disagrees with the local context's "
+                        f"{context.shape[-1]} frames of {self.hop_length} steps ({frames}): "
+                        "leave length unset or pass a context of length // hop_length frames"
+                    )
+                length = frames
+        length = self.length if length is None else length
+        return self.base.rsample(shape + (self.channels, length))
 
 
 def in_data_space(flow: Flow, preprocessing: Bijector | None) -> Flow:

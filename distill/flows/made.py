@@ -47,6 +47,9 @@ class MADE(nn.Module):
     flow built on MADE starts near the identity.
     """
 
+    #: The conditioner interface: inputs are ``(..., D)``, one trailing event dimension.
+    event_dims = 1
+
     def __init__(
         self,
         features: int,
@@ -111,6 +114,12 @@ class MADE(nn.Module):
         for layer in rest:
             hidden = layer(hidden)
         return self.output_layer(hidden)
+
+    def params(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """The conditioner interface: ``(..., D)`` inputs [+ context] -> ``(..., D, m)``, the
+        m parameters of each dimension (`forward`'s blocks, transposed)."""
+        outputs = self(inputs, context)
+        return outputs.unflatten(-1, (self.out_multiplier, self.features)).transpose(-1, -2)
 
     def solve(
         self,
