@@ -1,0 +1,137 @@
+"""Spectral utilities and WAV I/O (distill.spectral)."""
+
+import math
+
+import pytest
+import torch
+
+from distill.spectral import (
+    average_power_spectrum,
+    estimate_pitch,
+    log_mel_spectrogram,
+    log_spectral_distance,
+    mel_filterbank,
+    power_loss,
+    read_wav,
+    semitone_error,
+    stft_magnitude,
+    within_semitone_fraction,
+    write_wav,
+)
+
+RATE = 16000
+
+
+def tone(hz: float, length: int = 2048, amplitude: float = 0.5, harmonics: int = 1) -> torch.Tensor:
+    """A sum of ``harmonics`` sinusoids at multiples of ``hz`` (1 / k amplitudes), ``(T,)``."""
+    time = torch.arange(length, dtype=torch.float64) / RATE
+    return sum(
+        amplitude / k * torch.sin(2 * math.pi * k * hz * time + k) for k in range(1, harmonics + 1)
+    )
+
+
+def test_stft_and_power_spectrum_shapes_follow_the_leading_dimensions():
+    x = torch.randn(3, 2, 1000)
+    assert stft_magnitude(x, n_fft=256, hop_length=64).shape == (3, 2, 129, 1 + 1000 // 64)
+    assert stft_magnitude(x[0, 0]).shape == (257, 1 + 1000 // 128)
+    assert average_power_spectrum(x).shape == (3, 2, 257)
+    assert average_power_spectrum(x.double()).dtype == torch.float64
+
+
+def test_a_sinusoid_peaks_at_its_bin_with_half_its_amplitude():
+    magnitude = stft_magnitude(tone(1000.0, amplitude=0.8), n_fft=512, hop_length=128)
+    middle = magnitude[:, 8]
+    assert middle.argmax() == round(1000.0 * 512 / RATE)
+    assert middle.max() == pytest.approx(0.4, rel=0.05)
+
+
+def test_power_loss_is_zero_on_identical_inputs_and_has_gradients_otherwise():
+    data = torch.randn(4, 1, 1024)
+    assert torch.equal(power_loss(data, data.clone()), torch.zeros(4))
+    assert torch.equal(power_loss(data, data.clone(), paired=False), torch.zeros(4))
+    samples = (data + 0.1 * torch.randn_like(data)).requires_grad_()
+    paired = power_loss(samples, data)
+    assert paired.shape == (4,) and (paired > 0).all()
+    (gradient,) = torch.autograd.grad(paired.sum(), samples)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    # unpaired: batch-averaged spectra, any number of data, one value broadcast to (N,)
+    unpaired = power_loss(samples, torch.randn(7, 1, 512), paired=False)
+    assert unpaired.shape == (4,) and len(set(unpaired.tolist())) == 1 and unpaired[0] > 0
+    (gradient,) = torch.autograd.grad(unpaired.mean(), samples)
+    assert gradient.abs().sum() > 0
+    with pytest.raises(ValueError, match="paired=False"):
+        power_loss(samples, torch.randn(7, 1, 1024))
+
+
+def test_log_spectral_distance_is_zero_for_the_same_set_and_grows_with_the_mismatch():
+    data = torch.stack([tone(hz) for hz in (200.0, 300.0)]).unsqueeze(1)
+    assert log_spectral_distance(data, data).item() == 0.0
+    near = log_spectral_distance(data * 1.1, data).item()
+    far = log_spectral_distance(torch.randn_like(data) * 0.1, data).item()
+    assert near == pytest.approx(20 * math.log10(1.1), rel=1e-3)  # a gain of 1.1 is 0.83 dB
+    assert far > 10 * near
+
+
+def test_pitch_is_the_fundamental_within_a_tenth_of_a_semitone():
+    targets = torch.tensor([110.0, 116.5, 155.0, 220.0, 311.0, 440.0])
+    pure = torch.stack([tone(hz) for hz in targets.tolist()])
+    rich = torch.stack([tone(hz, harmonics=5) for hz in targets.tolist()])
+    for waves in (pure, rich, rich.unsqueeze(1)):  # (N, T) and (N, C, T)
+        estimated = estimate_pitch(waves, RATE, 80.0, 600.0)
+        assert estimated.shape == (6,)
+        assert semitone_error(estimated, targets.double()).max() < 0.1
+    # a harmonic stronger than the fundamental does not win over it
+    strong_second = tone(150.0) + 2 * tone(300.0)
+    assert estimate_pitch(strong_second[None], RATE, 80.0, 600.0)[0] == pytest.approx(150, abs=1)
+
+
+def test_semitone_error_and_within_semitone_fraction():
+    target = torch.tensor([100.0, 100.0, 100.0, 100.0])
+    estimated = target * 2 ** (torch.tensor([0.0, 0.5, -0.9, 3.0]) / 12)
+    assert torch.allclose(semitone_error(estimated, target), torch.tensor([0.0, 0.5, 0.9, 3.0]))
+    assert within_semitone_fraction(estimated, target) == 0.75
+    assert within_semitone_fraction(estimated, target, tolerance=0.25) == 0.25
+
+
+def test_log_mel_spectrogram_shape_alignment_and_finiteness():
+    x = torch.randn(2, 1, 4096) * 0.1
+    mel = log_mel_spectrogram(x, RATE, n_fft=1024, hop_length=256, n_mels=80)
+    assert mel.shape == (2, 1, 80, 16) and torch.isfinite(mel).all()
+    assert log_mel_spectrogram(torch.zeros(512), RATE).min() == pytest.approx(math.log(1e-5))
+    # frame k describes samples around [k * hop, (k + 1) * hop): a burst in frame 10's hop
+    burst = torch.zeros(4096)
+    burst[10 * 256 : 11 * 256] = torch.randn(256)
+    energy = log_mel_spectrogram(burst, RATE, n_fft=512, hop_length=256).exp().sum(0)
+    assert energy.argmax() == 10
+    x = x.requires_grad_()
+    (gradient,) = torch.autograd.grad(log_mel_spectrogram(x, RATE).sum(), x)
+    assert torch.isfinite(gradient).all()
+
+
+def test_mel_filterbank_covers_the_band_in_increasing_order():
+    filters = mel_filterbank(RATE, 1024, 80)
+    assert filters.shape == (80, 513) and (filters >= 0).all() and (filters <= 1).all()
+    assert (filters.argmax(1).diff() >= 0).all() and (filters.sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_wav_round_trip_is_exact_to_16_bits(tmp_path, channels):
+    x = torch.rand(channels, 3000) * 1.8 - 0.9
+    write_wav(tmp_path / "clip.wav", x, 22050)
+    back, rate = read_wav(tmp_path / "clip.wav")
+    assert rate == 22050 and back.shape == (channels, 3000) and back.dtype == torch.float32
+    assert (back - x).abs().max() <= 0.5 / 32768 + 1e-7
+
+
+def test_write_wav_clips_and_takes_a_mono_vector(tmp_path):
+    write_wav(tmp_path / "loud.wav", torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]), RATE)
+    back, _ = read_wav(tmp_path / "loud.wav")
+    assert back.shape == (1, 5)
+    assert back[0].tolist() == pytest.approx([-1.0, -1.0, 0.0, 32767 / 32768, 32767 / 32768])
+
+
+def test_read_wav_names_a_file_it_cannot_read(tmp_path):
+    path = tmp_path / "fake.wav"
+    path.write_text("not audio")
+    with pytest.raises(ValueError, match=r"fake\.wav is not a PCM WAV file"):
+        read_wav(path)
