@@ -1,12 +1,19 @@
 """Divergences between a student flow q and a frozen teacher flow p, for distillation.
 
-Each loss is a function ``(student, teacher, num_samples, data) -> (N,)`` per-sample terms
-(the objective is their mean, so callers can report robust statistics and clip outliers),
-listed by name in `LOSSES`. Cost and behaviour:
+Each loss is a function ``(student, teacher, num_samples, data, context) -> (N,)`` per-sample
+terms (the objective is their mean, so callers can report robust statistics and clip outliers),
+listed by name in `LOSSES`. ``data`` is a batch in the flows' space for the terms that read one
+(`NEEDS_DATA`); ``context`` a batch of ``num_samples`` contexts for conditional flows (one
+sample per context; None for unconditional flows, which draw ``num_samples``). Cost and
+behaviour:
 
 - `reverse_kl` (Parallel WaveNet, the default): ``log q(x) - log p(x)``, x ~ q from the
   student's cached noise. One parallel student pass + one parallel teacher (MAF) density
   pass. Mode-seeking: it can drop low-mass parts of the teacher (a moon's tip).
+- `reverse_kl_per_step` (Parallel WaveNet's variance reduction): for autoregressive stacks
+  that share one ordering (flows over time), ``sum_t KL(q(x_t | x_<t) || p(x_t | x_<t))``
+  with each inner KL estimated from several draws of x_t given the same x_<t (``draws``);
+  any elementwise transform. Same passes as `reverse_kl`; the extra draws are elementwise.
 - `reverse_kl_closed_form` (ClariNet): when both flows are affine autoregressive with one
   shared ordering, the per-dimension conditionals are Gaussian and their KL is exact; only
   the outer expectation over x_<i is sampled. Same cost as `reverse_kl`, lower variance.
@@ -16,6 +23,9 @@ listed by name in `LOSSES`. Cost and behaviour:
   for small D.
 - `regression`: ``|student.forward(u) - x|^2`` with ``u = teacher.inverse(x)`` on data x: one
   parallel pass each, no sampling; a dense, "instructive" signal.
+- `power` (Parallel WaveNet's power loss, sequences): the squared distance between the average
+  power spectra of student samples and of data (paired by context when conditional); without
+  it, students of audio "whisper".
 
 Gradients: the teacher's parameters are frozen by the caller, but its computation stays on
 the autograd tape: d log p(x) / dx is what pulls the student's samples.
@@ -23,52 +33,102 @@ the autograd tape: d log p(x) / dx is what pulls the student's samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from distill.flows import AutoregressiveAffine, AutoregressiveLayer, Bijector, Chain, Flow
+from distill.flows import Affine, AutoregressiveLayer, Bijector, Chain, Flow
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
+def _sample_shape(num_samples: int, context: Tensor | None) -> tuple[int, ...]:
+    """One sample per context row, else ``num_samples``."""
+    return () if context is not None else (num_samples,)
 
 
 def reverse_kl(
-    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
     """Monte Carlo KL(q || p) terms ``log q(x) - log p(x)``, ``x ~ q``: ``(num_samples,)``."""
-    x, log_q = student.sample_and_log_prob((num_samples,))
-    return log_q - teacher.log_prob(x)
+    x, log_q = student.sample_and_log_prob(_sample_shape(num_samples, context), context)
+    return log_q - teacher.log_prob(x, context)
 
 
 def forward_kl(
-    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
     teacher's samples; the student learns by maximum likelihood on them)."""
     with torch.no_grad():
-        x = teacher.sample((num_samples,))
-        log_p = teacher.log_prob(x)
-    return log_p - student.log_prob(x)
+        x = teacher.sample(_sample_shape(num_samples, context), context)
+        log_p = teacher.log_prob(x, context)
+    return log_p - student.log_prob(x, context)
 
 
 def regression(
-    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
-    """Squared error ``|student.forward(u) - x|^2`` per point of the data batch ``data``
-    ``(N, D)``, ``u = teacher.inverse(x)``: the student learns the teacher's noise -> data map on
+    """Squared error ``|student.forward(u) - x|^2`` per point of the data batch ``data``,
+    ``u = teacher.inverse(x)``: the student learns the teacher's noise -> data map on
     the data's latents (``num_samples`` is unused: the batch is the sample)."""
     if data is None:
         raise ValueError("the regression loss needs a data batch")
     with torch.no_grad():
-        u, _ = teacher.bijector.inverse(data)
-    x, _ = student.bijector(u)
-    return (x - data).square().sum(-1)
+        u, _ = teacher.bijector.inverse(data, context)
+    x, _ = student.bijector(u, context)
+    return _per_sample((x - data).square(), _event_dims(student))
+
+
+def power(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
+) -> Tensor:
+    """Parallel WaveNet's power loss on sequences ``(..., C, T)``: the squared distance
+    between the average power spectra (`distill.spectral.power_loss`) of student samples and
+    of the data batch, paired row by row when conditional (``data[i]`` has ``context[i]``),
+    batch averages otherwise: ``(num_samples,)``."""
+    from distill.spectral import power_loss
+
+    if data is None:
+        raise ValueError("the power loss needs a data batch")
+    x = student.rsample(_sample_shape(num_samples, context), context)
+    return power_loss(x, data, paired=context is not None).expand(x.shape[0])
+
+
+def _event_dims(flow: Flow) -> int:
+    """Trailing dims of one event: 2 for sequences ``(C, T)``, 1 for vectors."""
+    return 2 if getattr(flow, "channels", None) is not None else 1
+
+
+def _per_sample(elementwise: Tensor, event_dims: int) -> Tensor:
+    """Sum over the trailing ``event_dims`` dims: one value per sample."""
+    return elementwise.sum(tuple(range(-event_dims, 0)))
 
 
 def _autoregressive_layers(
-    flow: Flow, role: str, parallel_forward: bool
-) -> list[AutoregressiveAffine]:
-    """The flow's layers, checked to be affine autoregressive (IAF layers for the student,
-    MAF layers for the teacher) sharing one ordering; else a ValueError naming why."""
+    flow: Flow, role: str, parallel_forward: bool, affine: bool
+) -> list[AutoregressiveLayer]:
+    """The flow's layers, checked to be autoregressive (IAF layers for the student, MAF layers
+    for the teacher; `Affine` ones if ``affine``) sharing one ordering; else a ValueError
+    naming why."""
     layers: list[Bijector] = (
         list(flow.bijector.bijectors) if isinstance(flow.bijector, Chain) else [flow.bijector]
     )
@@ -78,18 +138,23 @@ def _autoregressive_layers(
         else "MaskedAutoregressiveAffine (MAF)"
     )
     for layer in layers:
-        if isinstance(layer, AutoregressiveLayer) and not isinstance(layer, AutoregressiveAffine):
+        if (
+            affine
+            and isinstance(layer, AutoregressiveLayer)
+            and not isinstance(layer.transform, Affine)
+        ):
             raise ValueError(
                 f"reverse_kl_closed_form needs affine layers, whose conditionals are Gaussian, "
-                f"but the {role} has {type(layer).__name__} layers, whose are not. Use affine "
+                f"but the {role} has {type(layer).__name__} layers with a "
+                f"{type(layer.transform).__name__} transform, whose are not. Use affine "
                 "flows (transform: affine) or loss=reverse_kl"
             )
         if (
-            not isinstance(layer, AutoregressiveAffine)
+            not isinstance(layer, AutoregressiveLayer)
             or layer.conditioner_reads_data == parallel_forward
         ):
             raise ValueError(
-                f"reverse_kl_closed_form needs the {role} to be a stack of {kind} layers with no "
+                f"the per-step losses need the {role} to be a stack of {kind} layers with no "
                 f"permutations or other bijectors in between, but it contains "
                 f"{type(layer).__name__}. Use flows with permutation: none (flow@teacher.flow="
                 "maf_fixed_order flow@student.flow=iaf_fixed_order), or loss=reverse_kl"
@@ -97,91 +162,168 @@ def _autoregressive_layers(
     return layers
 
 
-def _shared_order(*stacks: list[AutoregressiveAffine]) -> None:
-    orders = [layer.conditioner.order for stack in stacks for layer in stack]
+def _shared_order(*stacks: list[AutoregressiveLayer]) -> None:
+    """MADE layers must share one ordering; WaveNet layers all read time in order."""
+    orders = [getattr(layer.conditioner, "order", None) for stack in stacks for layer in stack]
+    if any(order is None for order in orders):
+        return
     if any(not torch.equal(order, orders[0]) for order in orders):
         raise ValueError(
-            "reverse_kl_closed_form needs teacher and student layers that share one "
+            "the per-step losses need teacher and student layers that share one "
             "autoregressive ordering (their per-dimension conditionals are then Gaussian); "
             "these flows use different orders. Build both with the same order and "
             "permutation: none, or use loss=reverse_kl"
         )
 
 
+def _step_parameters(
+    student: Flow, teacher: Flow, num_samples: int, context: Tensor | None, affine: bool
+) -> tuple[list[AutoregressiveLayer], list[Tensor], list[AutoregressiveLayer], list[Tensor]]:
+    """Sample x ~ q and return, for each layer, the parameters of its elementwise transform
+    at x: ``(student_layers, student_params, teacher_layers, teacher_params)``, the teacher's
+    layers (and their parameters) from its last to its first (its inverse's order, data ->
+    noise).
+
+    At step i, every layer's parameters depend only on the steps < i of x (of the noise u for
+    the student, which is the same information), so they are those of the conditionals
+    ``q(x_i | x_<i)`` and ``p(x_i | x_<i)``: the per-step losses reuse them for other values
+    of x_i."""
+    student_layers = _autoregressive_layers(student, "student", True, affine)
+    teacher_layers = _autoregressive_layers(teacher, "teacher", False, affine)
+    _shared_order(student_layers, teacher_layers)
+    h = student.noise(_sample_shape(num_samples, context), context)
+    student_params = []
+    for layer in student_layers:
+        params = layer.params(h, context)
+        h, _ = layer.transform.forward(h, params)
+        student_params.append(params)
+    teacher_layers = teacher_layers[::-1]
+    teacher_params = []
+    for layer in teacher_layers:
+        params = layer.params(h, context)
+        h, _ = layer.transform.inverse(h, params)
+        teacher_params.append(params)
+    return student_layers, student_params, teacher_layers, teacher_params
+
+
 def gaussian_conditionals(
-    student: Flow, teacher: Flow, num_samples: int
+    student: Flow, teacher: Flow, num_samples: int, context: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sample x ~ q and return the exact Gaussian conditionals of both flows at x:
-    ``(mean_q, log_std_q, mean_p, log_std_p)``, each ``(num_samples, D)``, where
-    q(x_i | x_<i) = N(mean_q_i, std_q_i^2) and likewise for p.
+    ``(mean_q, log_std_q, mean_p, log_std_p)``, each of x's shape, where
+    q(x_i | x_<i) = N(mean_q_i, std_q_i^2) and likewise for p (i a dimension, or a time step
+    and channel).
 
     Student (IAF layers, noise -> data): every layer maps ``h -> h * exp(a) + m`` with (a, m)
-    read from h's earlier dimensions, so ``x_i = exp(S_i) * u_i + M_i`` with S, M functions of
+    read from h's earlier steps, so ``x_i = exp(S_i) * u_i + M_i`` with S, M functions of
     u_<i, i.e. of x_<i. Teacher (MAF layers, data -> noise): ``h -> (h - m) * exp(-a)``, so
     ``u_i = A_i * x_i + B_i`` and p(x_i | x_<i) = N(-B_i / A_i, A_i^-2).
     """
-    student_layers = _autoregressive_layers(student, "student", parallel_forward=True)
-    teacher_layers = _autoregressive_layers(teacher, "teacher", parallel_forward=False)
-    _shared_order(student_layers, teacher_layers)
-
-    h = student.base.rsample((num_samples,))
-    log_std_q = torch.zeros_like(h)
-    mean_q = torch.zeros_like(h)
-    for layer in student_layers:
-        shift, log_scale = layer.affine_params(h)
-        h = h * log_scale.exp() + shift
+    student_layers, student_params, teacher_layers, teacher_params = _step_parameters(
+        student, teacher, num_samples, context, affine=True
+    )
+    mean_q: Tensor | float = 0.0
+    log_std_q: Tensor | float = 0.0
+    for layer, params in zip(student_layers, student_params, strict=True):
+        shift, log_scale = layer.transform.shift_and_log_scale(params)
         mean_q = mean_q * log_scale.exp() + shift
         log_std_q = log_std_q + log_scale
-    x = h
-
-    log_a = torch.zeros_like(x)
-    b = torch.zeros_like(x)
-    for layer in reversed(teacher_layers):
-        shift, log_scale = layer.affine_params(h)
-        h = (h - shift) * torch.exp(-log_scale)
+    log_a: Tensor | float = 0.0
+    b: Tensor | float = 0.0
+    for layer, params in zip(teacher_layers, teacher_params, strict=True):  # last layer first
+        shift, log_scale = layer.transform.shift_and_log_scale(params)
         b = (b - shift) * torch.exp(-log_scale)
         log_a = log_a - log_scale
     return mean_q, log_std_q, -b * torch.exp(-log_a), -log_a
 
 
 def reverse_kl_closed_form(
-    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
     """ClariNet's KL(q || p): ``sum_i KL(q(x_i | x_<i) || p(x_i | x_<i))`` in closed form at
     x ~ q (`gaussian_conditionals`): ``(num_samples,)``."""
-    mean_q, log_std_q, mean_p, log_std_p = gaussian_conditionals(student, teacher, num_samples)
+    mean_q, log_std_q, mean_p, log_std_p = gaussian_conditionals(
+        student, teacher, num_samples, context
+    )
     log_ratio = log_std_q - log_std_p
     kl = (
         -log_ratio
         + 0.5 * (torch.exp(2 * log_ratio) + ((mean_q - mean_p) * torch.exp(-log_std_p)).square())
         - 0.5
     )
-    return kl.sum(-1)
+    return _per_sample(kl, _event_dims(student))
 
 
 def log_std_regularizer(
-    student: Flow, teacher: Flow, num_samples: int, data: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
 ) -> Tensor:
     """ClariNet's regularizer ``sum_i (log std_q_i - log std_p_i)^2`` at x ~ q, which keeps the
     conditionals' scales matched early in training: ``(num_samples,)``."""
-    _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples)
-    return (log_std_q - log_std_p).square().sum(-1)
+    _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples, context)
+    return _per_sample((log_std_q - log_std_p).square(), _event_dims(student))
 
 
-Loss = Callable[[Flow, Flow, int, "Tensor | None"], Tensor]
+def reverse_kl_per_step(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
+    draws: int = 4,
+) -> Tensor:
+    """``sum_i KL(q(x_i | x_<i) || p(x_i | x_<i))`` at x ~ q, each inner KL estimated from
+    ``draws`` values of x_i drawn from q(x_i | x_<i) (Parallel WaveNet's "several samples of
+    x_t per step"): ``(num_samples,)``.
+
+    Unbiased for the KL, as `reverse_kl`, with lower variance: the draws share x_<i and its
+    network passes (`_step_parameters`); each extra draw costs only the elementwise transforms
+    of every layer. For affine stacks `reverse_kl_closed_form` is the limit of many draws."""
+    if draws < 1:
+        raise ValueError(f"loss.draws_per_step must be >= 1, got {draws}")
+    student_layers, student_params, teacher_layers, teacher_params = _step_parameters(
+        student, teacher, num_samples, context, affine=False
+    )
+    noise = torch.randn(
+        (draws, *student_params[0].shape[:-1]),
+        dtype=student_params[0].dtype,
+        device=student_params[0].device,
+    )
+    h = noise
+    log_ratio = -0.5 * noise.square()  # log q(x_i | x_<i) - log p(x_i | x_<i), accumulated
+    for layer, params in zip(student_layers, student_params, strict=True):
+        h, log_det = layer.transform.forward(h, params.expand(draws, *params.shape))
+        log_ratio = log_ratio - log_det
+    for layer, params in zip(teacher_layers, teacher_params, strict=True):
+        h, log_det = layer.transform.inverse(h, params.expand(draws, *params.shape))
+        log_ratio = log_ratio - log_det
+    log_ratio = log_ratio + 0.5 * h.square()  # the two base densities' constants cancel
+    return _per_sample(log_ratio.mean(0), _event_dims(student))
+
+
+Loss = Callable[..., Tensor]
 
 #: The divergences by name (the ``terms`` of `DistillationObjective`), one signature:
-#: ``(student, teacher, num_samples, data) -> per-sample terms``.
+#: ``(student, teacher, num_samples, data, context) -> per-sample terms``.
 LOSSES: dict[str, Loss] = {
     "reverse_kl": reverse_kl,
+    "reverse_kl_per_step": reverse_kl_per_step,
     "reverse_kl_closed_form": reverse_kl_closed_form,
     "log_std_regularizer": log_std_regularizer,
     "forward_kl": forward_kl,
     "regression": regression,
+    "power": power,
 }
 
 #: The losses that read a data batch.
-NEEDS_DATA = frozenset({"regression"})
+NEEDS_DATA = frozenset({"regression", "power"})
 
 
 Knots = Sequence[Sequence[float]]
@@ -241,6 +383,11 @@ class DistillationObjective(nn.Module):
             weight is 0 at a step is not computed at that step. Validation
             (``progress=None``) uses the final weights, so checkpoints select on one
             objective throughout.
+        draws_per_step: the draws of each step's value of `reverse_kl_per_step` (default 4);
+            refused without that term.
+
+    Conditional flows: the contexts of the batch are the samples' contexts, ``num_samples``
+    of them taken in turn from the batch (``context[i % B]``), data rows paired with them.
     """
 
     def __init__(
@@ -249,6 +396,7 @@ class DistillationObjective(nn.Module):
         num_samples: int = 512,
         clip: float | None = None,
         schedule: Mapping[str, Knots] | None = None,
+        draws_per_step: int | None = None,
     ):
         super().__init__()
         unknown = sorted(set(terms) - set(LOSSES))
@@ -265,6 +413,12 @@ class DistillationObjective(nn.Module):
             name: [list(knot) for knot in knots] for name, knots in (schedule or {}).items()
         }
         _check_schedule(terms, schedule)
+        if draws_per_step is not None and "reverse_kl_per_step" not in terms:
+            raise ValueError(
+                f"loss.draws_per_step={draws_per_step} is only read by the reverse_kl_per_step "
+                "term: add it to loss.terms or remove draws_per_step"
+            )
+        self.term_options = {"reverse_kl_per_step": {"draws": draws_per_step or 4}}
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip
@@ -289,16 +443,23 @@ class DistillationObjective(nn.Module):
         teacher: Flow,
         data: Tensor | None = None,
         progress: float | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns the scalar objective at ``progress``, the fraction of training done (None:
-        with the final weights), and
-        the mean of each term computed (for logging). ``data``: a batch ``(N, D)`` in the
-        flows' space, for the terms that read one."""
+        with the final weights), and the mean of each term computed (for logging). ``data``:
+        a batch in the flows' space, for the terms that read one; ``context``: the batch's
+        contexts ``(B, ...)`` for conditional flows."""
+        if context is not None:
+            rows = torch.arange(self.num_samples, device=context.device) % len(context)
+            context = context[rows]
+            data = data[rows] if data is not None else None
         total, parts = 0.0, {}
         for name, weight in self.weights(progress).items():
             if weight == 0:
                 continue
-            per_sample = LOSSES[name](student, teacher, self.num_samples, data)
+            per_sample = LOSSES[name](
+                student, teacher, self.num_samples, data, context, **self.term_options.get(name, {})
+            )
             parts[name] = per_sample.detach().mean()
             value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample
             total = total + weight * value.mean()

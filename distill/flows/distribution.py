@@ -60,11 +60,14 @@ class Flow(nn.Module):
         u, log_det = self.bijector.inverse(x, context)
         return self.base.log_prob(u) + log_det
 
-    def _noise(
-        self, sample_shape: int | Sequence[int], context: Tensor | None, length: int | None
+    def noise(
+        self,
+        sample_shape: int | Sequence[int] = (),
+        context: Tensor | None = None,
+        length: int | None = None,
     ) -> Tensor:
-        """Base draws of ``sample_shape`` (an int N is ``(N,)``, as in ``torch.randn``) plus the
-        context's batch shape."""
+        """Base draws u for ``sample_shape`` (an int N is ``(N,)``, as in ``torch.randn``) plus
+        the context's batch shape: ``rsample`` is ``bijector.forward(noise(...))``."""
         if length is not None:
             raise ValueError("length is for sequence flows; this flow acts on vectors")
         shape = Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
@@ -77,7 +80,7 @@ class Flow(nn.Module):
     ) -> Tensor:
         """Reparameterized samples ``sample_shape + context batch + event``, differentiable
         with respect to the parameters (and the context). ``length``: sequence flows only."""
-        x, _ = self.bijector(self._noise(sample_shape, context, length), context)
+        x, _ = self.bijector(self.noise(sample_shape, context, length), context)
         return x
 
     @torch.no_grad()
@@ -97,7 +100,7 @@ class Flow(nn.Module):
         cached noise, with no inverse pass (for an IAF, one parallel pass in all).
         Differentiable (reparameterized).
         """
-        u = self._noise(sample_shape, context, length)
+        u = self.noise(sample_shape, context, length)
         x, log_det = self.bijector(u, context)
         return x, self.base.log_prob(u) - log_det
 
@@ -161,8 +164,11 @@ class SequenceFlow(Flow):
             )
         return super().log_prob(x, context)
 
-    def _noise(
-        self, sample_shape: int | Sequence[int], context: Tensor | None, length: int | None
+    def noise(
+        self,
+        sample_shape: int | Sequence[int] = (),
+        context: Tensor | None = None,
+        length: int | None = None,
     ) -> Tensor:
         shape = Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
         if context is not None:
