@@ -3,8 +3,16 @@
 Batches are float32 ``(B, D)`` tensors in data space. Each module's ``preprocessing`` maps
 model space -> data space (forward), so ``Chain([flow_bijector, preprocessing])`` gives
 log-likelihoods and samples in data space; ``entropy`` is the true entropy (nats) when known.
+Sequence data sets (`distill.data.audio`: notes, waveform) batch waveforms ``(B, C, T)``, with
+their contexts when conditional, and have no preprocessing.
 """
 
+from distill.data.audio import (
+    CONDITIONINGS,
+    NotesDataModule,
+    SequenceDataModule,
+    WaveformDataModule,
+)
 from distill.data.datamodule import DensityDataModule, GeneratedDataModule, to_bits_per_dim
 from distill.data.digits import DigitsDataModule
 from distill.data.files import FileDataModule, load_matrix
@@ -14,6 +22,7 @@ from distill.data.siggraph import Glyphs, SiggraphDataModule
 from distill.data.toys import TOYS, MoonsDataModule, ToyDataModule
 
 __all__ = [
+    "CONDITIONINGS",
     "DATASETS",
     "TOYS",
     "DensityDataModule",
@@ -22,8 +31,11 @@ __all__ = [
     "GeneratedDataModule",
     "Glyphs",
     "MoonsDataModule",
+    "NotesDataModule",
+    "SequenceDataModule",
     "SiggraphDataModule",
     "ToyDataModule",
+    "WaveformDataModule",
     "build_datamodule",
     "fit_preprocessing",
     "fit_standardize",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from distill.data.audio import NotesDataModule, WaveformDataModule
 from distill.data.datamodule import DensityDataModule
 from distill.data.digits import DigitsDataModule
 from distill.data.files import FileDataModule
@@ -16,6 +17,8 @@ _MODULES = {
     **{name: ToyDataModule for name in TOYS},
     "digits": DigitsDataModule,
     "file": FileDataModule,
+    "notes": NotesDataModule,
+    "waveform": WaveformDataModule,
 }
 
 #: The names `build_datamodule` accepts.
