@@ -1,21 +1,28 @@
 """Speed and agreement of the exported student (`distill-export`) against the module's sampling.
 
-    OMP_WAIT_POLICY=PASSIVE python experiments/bench_export.py            # full run, writes JSON
-    OMP_WAIT_POLICY=PASSIVE python experiments/bench_export.py --quick    # smoke test, no JSON
+    OMP_WAIT_POLICY=PASSIVE python experiments/bench_export.py            # full run, writes
+                                                    # results/bench_export.json and .md
+    OMP_WAIT_POLICY=PASSIVE python experiments/bench_export.py --quick    # smoke test, prints only
 
 The student of the default config (5 IAF layers, MADE 128x128, affine, order reversed between
 layers), its weights perturbed away from the identity, at D = 2 (standardization) and D = 64
 (standardization then logit onto [0, 17], as for digits), float32, one thread. For N = 1 and
-N = 1000 samples in the data's space, two candidates, each drawing its own noise:
+N = 1000 samples in the data's space, three candidates, each drawing its own noise:
 
 - ``module``: ``in_data_space(student, preprocessing).sample((N,))`` (what the LightningModule
   does; ``Flow.sample`` runs without a graph);
 - ``exported``: ``program(torch.randn(N, D))``, ``program = torch.export.load(path).module()``
-  of the ``.pt2`` that `distill.export.export_sampler` wrote (what a user of the file runs).
+  of the ``.pt2`` that `distill.export.export_sampler` wrote (what a user of the file runs);
+- ``traced``: the same for the program as ``torch.export`` traced it, before
+  `distill.export.freeze` (what distill-export shipped before: the weights fetched through
+  their module paths and the MADE masks multiplied into them on every call).
 
-Timed as in ``bench_flows.py`` (its `time_interleaved`: round-robin over 11 rounds, median of
-the per-round means after warm-up; the ratio is the median of same-round ratios). Agreement is
-checked in float64 (a float64 copy of the student and of the program) on the same noise.
+Timed as in ``bench_flows.py`` (its `time_interleaved`: round-robin over 21 rounds with a
+rotating order, each round the mean over enough calls to last 0.2 s, after warm-up); a time is
+the median over rounds with the quartiles, a ratio the median of same-round ratios with their
+quartiles. Alongside: ``nn.Module.__getattr__`` calls and graph operations per call of each
+program (counted, not timed). Agreement is checked in float64 (a float64 copy of the student
+and of the program) on the same noise.
 """
 
 from __future__ import annotations
@@ -28,11 +35,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import cProfile  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import pstats  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -40,17 +51,18 @@ from bench_flows import (  # noqa: E402  (experiments/ is the script's folder: o
     cpu_model,
     git_revision,
     keep_freed_memory,
-    paired_ratio,
     time_interleaved,
 )
 
-from distill.export import export_sampler  # noqa: E402
+from distill.export import export_sampler, trace_program  # noqa: E402
 from distill.flows import Bijector, Flow, build_iaf, build_preprocessing, in_data_space  # noqa: E402
 
 NUM_LAYERS = 5
 HIDDEN = (128, 128)
 FEATURES = (2, 64)
 SAMPLES = (1, 1000)
+CANDIDATES = ("module", "exported", "traced")
+RATIOS = (("exported", "module"), ("traced", "module"), ("exported", "traced"))
 RESULTS = Path(__file__).parent / "results" / "bench_export.json"
 
 
@@ -82,60 +94,150 @@ def max_difference(flow: Flow, preprocessing: Bijector, folder: Path, count: int
     return (got - expected).abs().max().item()
 
 
+def attribute_lookups(call: Callable[[], object], calls: int = 50) -> float:
+    """``nn.Module.__getattr__`` calls per call of ``call`` (the attribute walks of a module
+    tree: a parameter read through its path costs one per level)."""
+    call()
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [call() for _ in range(calls)])
+    lookups = sum(
+        count
+        for (filename, _, name), (count, *_rest) in pstats.Stats(profiler).stats.items()
+        if name == "__getattr__" and filename.endswith(os.path.join("nn", "modules", "module.py"))
+    )
+    return lookups / calls
+
+
+def operations(program: torch.nn.Module) -> int:
+    """Operations (``call_function`` nodes) that one call of ``program`` runs."""
+    return sum(node.op == "call_function" for node in program.graph.nodes)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and quartiles of ``values`` (one per round)."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": median, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def paired_ratios(timings: dict, numerator: str, denominator: str) -> dict[str, float]:
+    """The same-round ratios of two candidates' times: median and quartiles over rounds (load
+    that comes and goes between rounds cancels in each ratio)."""
+    pairs = zip(timings[numerator]["repeats_ms"], timings[denominator]["repeats_ms"], strict=True)
+    return spread([a / b for a, b in pairs])
+
+
 def bench_dimension(features: int, settings: dict, folder: Path) -> dict:
     flow, preprocessing = student(features)
     path = folder / f"student_{features}.pt2"
     start = time.perf_counter()
     export_sampler(flow, preprocessing, path)
     export_s = time.perf_counter() - start
-    program = torch.export.load(path).module()
+    traced_path = folder / f"student_{features}_traced.pt2"
+    torch.export.save(trace_program(flow, preprocessing), traced_path)
+    programs = {
+        "exported": torch.export.load(path).module(),
+        "traced": torch.export.load(traced_path).module(),
+    }
     data_flow = in_data_space(flow, preprocessing)
+    one = torch.randn(1, features)
     result = {
         "export_s": round(export_s, 2),
         "program_bytes": path.stat().st_size,
+        "traced_program_bytes": traced_path.stat().st_size,
         "max_abs_difference_float64": max_difference(flow, preprocessing, folder, max(SAMPLES)),
+        "module_getattr_per_call": {
+            "module": attribute_lookups(lambda: data_flow.sample((1,))),
+            **{name: attribute_lookups(lambda p=p: p(one)) for name, p in programs.items()},
+        },
+        "operations_per_call": {name: operations(p) for name, p in programs.items()},
         "cases": {},
     }
     for count in SAMPLES:
-        timings = time_interleaved(
-            {
-                "module": lambda count=count: data_flow.sample((count,)),
-                "exported": lambda count=count: program(torch.randn(count, features)),
+        candidates = {
+            "module": lambda count=count: data_flow.sample((count,)),
+            **{
+                name: lambda count=count, program=program: program(torch.randn(count, features))
+                for name, program in programs.items()
             },
-            **settings,
-        )
-        ratio = paired_ratio(timings, "exported", "module")
-        result["cases"][str(count)] = {"timings": timings, "exported/module": ratio}
+        }
+        timings = time_interleaved(candidates, **settings)
+        for timing in timings.values():
+            timing["spread_ms"] = spread(timing["repeats_ms"])
+        ratios = {f"{a}/{b}": paired_ratios(timings, a, b) for a, b in RATIOS}
+        result["cases"][str(count)] = {"timings": timings, "paired_ratios": ratios}
+        line = ", ".join(f"{name} {timings[name]['median_ms']:.3f} ms" for name in CANDIDATES)
         print(
-            f"  D={features:<3} N={count:<5} module {timings['module']['median_ms']:.3f} ms, "
-            f"exported {timings['exported']['median_ms']:.3f} ms",
+            f"  D={features:<3} N={count:<5} {line}; exported/module "
+            f"{ratios['exported/module']['median']:.2f}x",
             file=sys.stderr,
             flush=True,
         )
     return result
 
 
-def table(results: dict) -> str:
-    header = (
-        f"{'D':>3} {'N':>5}  {'module ms':>10} {'exported ms':>12} {'exported/module':>16} "
-        f"{'max |diff| f64':>15}"
-    )
-    lines = [header, "-" * len(header)]
+def _time(timing: dict) -> str:
+    q = timing["spread_ms"]
+    return f"{q['median']:.3f} [{q['q1']:.3f}, {q['q3']:.3f}]"
+
+
+def _ratio(ratio: dict) -> str:
+    return f"{ratio['median']:.2f}x [{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
+
+
+def markdown(report: dict) -> str:
+    """The results as the Markdown file beside the JSON."""
+    machine, results = report["machine"], report["results"]
+    lines = [
+        "# Exported student sampler vs the module (generated by experiments/bench_export.py)",
+        "",
+        f"`{report['command']}` at {report['git_revision']}; torch {machine['torch']}, "
+        f"{machine['cpu_model']} ({machine['cpus_usable']} usable CPUs, load average "
+        f"{machine['load_average_before'][0]:.1f} before, {machine['load_average_after'][0]:.1f} "
+        f"after), {machine['torch_num_threads']} torch thread, OMP_WAIT_POLICY="
+        f"{machine['OMP_WAIT_POLICY']}; {report['settings']['repeats']} interleaved rounds.",
+        "",
+        "ms: median over rounds of the per-call wall time, noise drawn inside the call, "
+        "[quartiles]. Ratios: median over rounds of the same-round ratio [quartiles]; < 1: the "
+        "first is faster. `exported`: the `.pt2` that distill-export writes, frozen "
+        "(`distill.export.freeze`); `traced`: the program as traced, before freezing (what "
+        "distill-export wrote before).",
+        "",
+        "| D | N | module ms | exported ms | traced ms | exported/module | traced/module |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for features, per_dimension in results.items():
         for count, case in per_dimension["cases"].items():
-            timings = case["timings"]
+            timings, ratios = case["timings"], case["paired_ratios"]
             lines.append(
-                f"{features:>3} {count:>5}  {timings['module']['median_ms']:>10.3f} "
-                f"{timings['exported']['median_ms']:>12.3f} {case['exported/module']:>15.2f}x "
-                f"{per_dimension['max_abs_difference_float64']:>15.1e}"
+                f"| {features} | {count} | {_time(timings['module'])} | "
+                f"{_time(timings['exported'])} | {_time(timings['traced'])} | "
+                f"{_ratio(ratios['exported/module'])} | {_ratio(ratios['traced/module'])} |"
             )
-    return "\n".join(lines)
+    lines += [
+        "",
+        "Per call of one sample (counted with cProfile and from the graphs, not timed):",
+        "",
+        "| D | `nn.Module.__getattr__` calls: module / exported / traced | graph operations: "
+        "exported / traced | max \\|diff\\| float64 | export s |",
+        "|---|---|---|---|---|",
+    ]
+    for features, per_dimension in results.items():
+        lookups, ops = (
+            per_dimension["module_getattr_per_call"],
+            per_dimension["operations_per_call"],
+        )
+        lines.append(
+            f"| {features} | {lookups['module']:.0f} / {lookups['exported']:.0f} / "
+            f"{lookups['traced']:.0f} | {ops['exported']} / {ops['traced']} | "
+            f"{per_dimension['max_abs_difference_float64']:.1e} | {per_dimension['export_s']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="smoke test: one repeat, one warm-up; no JSON"
+        "--quick", action="store_true", help="smoke test: one repeat, one warm-up; writes nothing"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
@@ -144,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     settings = (
-        {"repeats": 1, "warmup": 1, "min_time": 0.0}
+        {"repeats": 3, "warmup": 1, "min_time": 0.0}
         if args.quick
-        else {"repeats": 11, "warmup": 2, "min_time": 0.2}
+        else {"repeats": 21, "warmup": 2, "min_time": 0.2}
     )
     machine = {
         "torch": torch.__version__,
@@ -172,37 +274,31 @@ def main(argv: list[str] | None = None) -> None:
         results = {d: bench_dimension(d, settings, Path(folder)) for d in FEATURES}
     machine["load_average_after"] = os.getloadavg()
     elapsed = time.perf_counter() - start
-
+    report = {
+        "command": f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} python " + " ".join(sys.argv),
+        "git_revision": revision,
+        "machine": machine,
+        "architecture": {
+            "num_layers": NUM_LAYERS,
+            "hidden_features": list(HIDDEN),
+            "transform": "affine",
+            "ordering": "reversed between layers",
+            "preprocessing": "standardize (D = 2); standardize + logit onto [0, 17] (D = 64)",
+            "dtype": "float32",
+        },
+        "settings": settings,
+        "elapsed_s": round(elapsed, 1),
+        "results": {str(d): value for d, value in results.items()},
+    }
+    text = markdown(report)
     print()
-    print(table(results))
-    print(
-        "\nms: median wall time per call, noise drawn inside. exported/module: median over "
-        "rounds of the same-round ratio (< 1: the exported sampler is faster). max |diff| f64: "
-        f"float64 program vs float64 module on the same {max(SAMPLES)} noise draws. "
-        f"{elapsed:.0f} s in all."
-    )
-    output = None if args.quick else RESULTS
-    if output is not None:
-        report = {
-            "command": f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} python "
-            + " ".join(sys.argv),
-            "git_revision": revision,
-            "machine": machine,
-            "architecture": {
-                "num_layers": NUM_LAYERS,
-                "hidden_features": list(HIDDEN),
-                "transform": "affine",
-                "ordering": "reversed between layers",
-                "preprocessing": "standardize (D = 2); standardize + logit onto [0, 17] (D = 64)",
-                "dtype": "float32",
-            },
-            "settings": settings,
-            "elapsed_s": round(elapsed, 1),
-            "results": {str(d): value for d, value in results.items()},
-        }
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {output}")
+    print(text)
+    print(f"{elapsed:.0f} s in all.")
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+        RESULTS.with_suffix(".md").write_text(text)
+        print(f"wrote {RESULTS} and {RESULTS.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

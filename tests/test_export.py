@@ -13,7 +13,7 @@ import torch
 
 import distill
 from distill.cli.export import main
-from distill.export import export_program, metadata_path
+from distill.export import export_program, metadata_path, trace_program
 from distill.flows import build_iaf, in_data_space
 from distill.models import StudentModule, TeacherModule
 
@@ -182,6 +182,38 @@ def test_sampler_loads_and_samples_with_torch_alone(exported, checkpoints, tmp_p
     samples = torch.tensor(json.loads(result.stdout))
     module = StudentModule.load_from_checkpoint(checkpoints["logit"], map_location="cpu")
     torch.testing.assert_close(samples, module_samples(module, 7, seed=0), rtol=0, atol=1e-5)
+
+
+def test_saved_program_is_frozen(exported):
+    """What depends on the weights alone is computed once at export, and each tensor is an
+    attribute of the program itself: no per-call walk through the flow's module tree (520
+    ``nn.Module.__getattr__`` calls per sample for the default student as traced), no mask
+    multiplied into its weight on every call, no tensor that nothing reads."""
+    program = torch.export.load(exported)
+    module = program.module()
+    buffers = dict(module.named_buffers())
+    assert not dict(module.named_parameters()) and buffers
+    assert all("." not in name for name in buffers)  # one getattr each
+    graph = module.graph
+    read = {node.target for node in graph.nodes if node.op == "get_attr"}
+    assert set(buffers) <= read  # no dead weights (the MADE orders, the permutations)
+    operations = [node for node in graph.nodes if node.op == "call_function"]
+    for node in operations:  # every operation reads the noise, directly or not
+        assert any(source.op != "get_attr" for source in node.all_input_nodes), node
+    masked = sum(name.startswith("folded_") for name in buffers)
+    assert masked == 2 * 3  # 2 layers of 3 masked linears, each weight * mask once
+
+
+def test_freezing_keeps_the_samples_and_removes_the_mask_products():
+    flow = build_iaf(FEATURES, num_layers=2, hidden_features=(16,)).double().eval()
+    traced, frozen = (make(flow, None, torch.float64) for make in (trace_program, export_program))
+    noise = torch.randn(50, FEATURES, dtype=torch.float64)
+    assert torch.equal(frozen.module()(noise), traced.module()(noise))
+
+    def multiplications(program):
+        return sum(node.target == torch.ops.aten.mul.Tensor for node in program.graph.nodes)
+
+    assert multiplications(traced) - multiplications(frozen) == 2 * 2  # 2 masks per layer
 
 
 def test_conditional_flow_exports_with_a_context_input():
