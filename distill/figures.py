@@ -3,7 +3,8 @@ entry points save as PNGs, log to the loggers and put in the report. Modules dra
 
 2-D data: ``samples`` (data | each flow's samples) and ``densities`` (each flow's density, one
 colour scale), titled with the held-out NLL; for a student also ``taffy`` (its samples after
-each layer). Image data (``image_shape``): a grid of samples per flow.
+each layer). Image data (``image_shape``): a grid of samples per flow. Sequences (audio):
+``spectrograms``, data | teacher | student (`sequence_figures`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from distill import plots
+from distill import plots, spectral
 from distill.flows import Bijector, Chain, Flow, Permute
 
 
@@ -75,3 +76,26 @@ def taffy(flow: Flow, preprocessing: Bijector | None, num_samples: int = 2000) -
         points.append(preprocessing(points[-1])[0])
         titles.append("data space")
     return plots.taffy_strip(points, titles)
+
+
+def sequence_figures(
+    samples: Mapping[str, Tensor],
+    sample_rate: int,
+    test_nll_per_step: Mapping[str, float] | None = None,
+    rows: int = 4,
+    n_fft: int = 512,
+    hop_length: int = 64,
+) -> dict[str, Figure]:
+    """``spectrograms``: ``rows`` examples of each role's sequences ``(N, C, T)`` (the first
+    channel), data | teacher | student, titled with the held-out NLL per step."""
+    test_nll_per_step = test_nll_per_step or {}
+    magnitudes = {
+        role: spectral.stft_magnitude(x[:rows, 0], n_fft, hop_length) for role, x in samples.items()
+    }
+    titles = {
+        role: role
+        if role not in test_nll_per_step
+        else f"{role} (NLL {test_nll_per_step[role]:.3f}/step)"
+        for role in samples
+    }
+    return {"spectrograms": plots.spectrogram_grid(magnitudes, sample_rate, hop_length, titles)}

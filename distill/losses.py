@@ -429,6 +429,23 @@ class DistillationObjective(nn.Module):
         """Whether `forward` needs a data batch (a term such as `regression` reads one)."""
         return not NEEDS_DATA.isdisjoint(self.terms)
 
+    def _paired(
+        self, data: Tensor | None, context: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The samples' contexts, ``num_samples`` rows taken in turn from the batch's, and the
+        data rows paired with them (unchanged without a context)."""
+        if context is None:
+            return data, None
+        rows = torch.arange(self.num_samples, device=context.device) % len(context)
+        return (data[rows] if data is not None else None), context[rows]
+
+    def evaluate(
+        self, loss: Loss, student: Flow, teacher: Flow, context: Tensor | None = None
+    ) -> Tensor:
+        """One loss of `LOSSES` on ``num_samples`` samples (with the batch's ``context``)."""
+        _, context = self._paired(None, context)
+        return loss(student, teacher, self.num_samples, None, context)
+
     def weights(self, progress: float | None = None) -> dict[str, float]:
         """Each term's weight at ``progress`` in [0, 1] (None: the final weights)."""
         return {
@@ -449,10 +466,7 @@ class DistillationObjective(nn.Module):
         with the final weights), and the mean of each term computed (for logging). ``data``:
         a batch in the flows' space, for the terms that read one; ``context``: the batch's
         contexts ``(B, ...)`` for conditional flows."""
-        if context is not None:
-            rows = torch.arange(self.num_samples, device=context.device) % len(context)
-            context = context[rows]
-            data = data[rows] if data is not None else None
+        data, context = self._paired(data, context)
         total, parts = 0.0, {}
         for name, weight in self.weights(progress).items():
             if weight == 0:

@@ -131,6 +131,56 @@ def image_grid(
     return fig
 
 
+def spectrogram_grid(
+    magnitudes: Mapping[str, Tensor],
+    sample_rate: int,
+    hop_length: int,
+    titles: Mapping[str, str] | None = None,
+) -> Figure:
+    """Log-magnitude spectrograms, one column per role (data | teacher | student), one row per
+    example: ``magnitudes`` maps a role to ``(N, F, frames)`` STFT magnitudes (F = n_fft / 2 +
+    1 bins up to Nyquist). One dB colour scale for all panels, so loudness compares too (a
+    "whispering" student is darker)."""
+    titles = titles or {}
+    roles = list(magnitudes)
+    rows = min(len(m) for m in magnitudes.values())
+    decibels = {
+        r: 20 * torch.log10(m[:rows].float().clamp_min(1e-5)) for r, m in magnitudes.items()
+    }
+    top = max(d.max().item() for d in decibels.values())
+    fig, axes = plt.subplots(
+        rows,
+        len(roles),
+        figsize=(3.0 * len(roles) + 0.8, 1.6 * rows + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for column, role in enumerate(roles):
+        for row in range(rows):
+            ax = axes[row][column]
+            array = _numpy(decibels[role][row])
+            duration = array.shape[-1] * hop_length / sample_rate
+            image = ax.imshow(
+                array,
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                vmin=top - 80,
+                vmax=top,
+                extent=(0, duration, 0, sample_rate / 2000),
+            )
+            if row == 0:
+                ax.set_title(titles.get(role, role), fontsize=9)
+            if column == 0:
+                ax.set_ylabel("kHz", fontsize=8)
+            if row == rows - 1:
+                ax.set_xlabel("s", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="dB")
+    return fig
+
+
 def taffy_strip(steps: Sequence[Tensor], titles: Sequence[str]) -> Figure:
     """The samples after each layer of a flow, noise -> data, as a row of scatters
     (the SIGGRAPH "taffy" figure of Jang's tutorial). ``steps``: list of ``(N, 2)``."""

@@ -11,12 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from distill.plots import save_figure
+from distill.spectral import write_wav
 
 # (label, teacher key, student key): the rows shown side by side.
 SIDE_BY_SIDE = [
     ("held-out NLL (nats), mean", "teacher/test_nll", "student/test_nll"),
+    ("held-out NLL per step (nats)", "teacher/test_nll_per_step", "student/test_nll_per_step"),
+    (
+        "average spectrum vs the data's (dB, RMS)",
+        "teacher/log_spectral_distance",
+        "student/log_spectral_distance",
+    ),
+    (
+        "notes within a semitone of the asked pitch",
+        "teacher/pitch_within_semitone",
+        "student/pitch_within_semitone",
+    ),
     ("held-out NLL (nats), median", "teacher/test_nll_median", "student/test_nll_median"),
     ("excess NLL over the true entropy (nats)", "teacher/excess_nll", "student/excess_nll"),
     ("held-out bits/dim", "teacher/test_bpd", "student/test_bpd"),
@@ -57,9 +70,14 @@ def key_settings(cfg: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any
     for stage in stages:
         node = cfg[stage]
         flow = node["flow"]
+        shape = (
+            f"flows of {list(flow['layers_per_flow'])} WaveNet blocks, "
+            f"{flow.get('residual_channels')} channels"
+            if "layers_per_flow" in flow
+            else f"{flow.get('num_layers')} layers of {list(flow.get('hidden_features', []))}"
+        )
         settings[f"{stage}.flow"] = (
-            f"{flow['_target_'].rsplit('.', 1)[-1]} ({flow.get('transform', 'affine')}, "
-            f"{flow.get('num_layers')} layers of {list(flow.get('hidden_features', []))})"
+            f"{flow['_target_'].rsplit('.', 1)[-1]} ({flow.get('transform', 'affine')}, {shape})"
         )
         settings[f"{stage}.optim"] = f"{node['optim']['name']} lr {node['optim']['lr']}"
         settings[f"{stage}.trainer.max_steps"] = node["trainer"]["max_steps"]
@@ -69,14 +87,33 @@ def key_settings(cfg: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any
     return settings
 
 
+def write_audio(
+    directory: Path, audio: Mapping[str, Tensor], sample_rate: int
+) -> dict[str, list[Path]]:
+    """``directory/audio/<role>_<i>.wav`` (16-bit PCM) for each role's sequences ``(N, C, T)``;
+    the paths by role."""
+    paths: dict[str, list[Path]] = {}
+    for role, sequences in audio.items():
+        paths[role] = []
+        for index, sequence in enumerate(sequences):
+            path = directory / "audio" / f"{role}_{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_wav(path, sequence.detach().cpu(), sample_rate)
+            paths[role].append(path)
+    return paths
+
+
 def write_run(
     run_dir: str | Path,
     metrics: Mapping[str, Any],
     figures: Mapping[str, Figure],
     overrides: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
+    audio: Mapping[str, Tensor] | None = None,
+    sample_rate: int | None = None,
 ) -> Path:
-    """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png`` and
+    """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png``, for sequences
+    ``run_dir/audio/<role>_<i>.wav`` (``audio``: role -> ``(N, C, T)`` at ``sample_rate``) and
     ``run_dir/report.md`` (``settings``: the config's key values, see `key_settings`);
     returns the report's path."""
     run_dir = Path(run_dir)
@@ -88,7 +125,8 @@ def write_run(
         name: save_figure(figure, run_dir / "plots" / f"{name}.png")
         for name, figure in figures.items()
     }
-    return write_report(run_dir, metrics, images, overrides, settings)
+    sounds = write_audio(run_dir, audio, sample_rate) if audio else {}
+    return write_report(run_dir, metrics, images, overrides, settings, sounds)
 
 
 def write_report(
@@ -97,9 +135,11 @@ def write_report(
     images: Mapping[str, Path],
     overrides: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
+    sounds: Mapping[str, Sequence[Path]] | None = None,
 ) -> Path:
     """``run_dir/report.md``: the overrides of the run and its key settings, a teacher |
-    student table, every metric, and the images (linked relative to the run directory)."""
+    student table, every metric, the images and the audio files (linked relative to the run
+    directory)."""
     command = " ".join(overrides) if overrides else "(defaults)"
     lines = ["# distill report", "", f"Overrides: `{command}`", ""]
     if settings:
@@ -118,6 +158,19 @@ def write_report(
                 f"| {label} | {_format(metrics.get(teacher_key, '—'))} | "
                 f"{_format(metrics.get(student_key, '—'))} |"
             )
+    for batch in (1, 16):
+        if f"sampling/b{batch}_speedup" in metrics:
+            key = f"sampling/b{batch}"
+            lines += [
+                "",
+                f"At batch {batch}, the student samples {metrics['sampling/seconds_of_audio']:g} s "
+                f"of audio {_format(metrics[key + '_speedup'])}x faster than the cached teacher "
+                f"({_format(metrics[key + '_student_s'])} s vs "
+                f"{_format(metrics[key + '_teacher_s'])} s; median of "
+                f"{metrics.get(key + '_rounds', '?')} paired rounds, interquartile range "
+                f"{_format(metrics.get(key + '_speedup_q25'))}–"
+                f"{_format(metrics.get(key + '_speedup_q75'))}).",
+            ]
     if "sampling/speedup" in metrics:
         lines += [
             "",
@@ -133,6 +186,14 @@ def write_report(
         for name, path in images.items():
             relative = Path(path).resolve().relative_to(run_dir.resolve())
             lines += [f"### {name}", "", f"![{name}]({relative.as_posix()})", ""]
+    if sounds:
+        lines += ["", "## Audio", ""]
+        for role, paths in sounds.items():
+            links = ", ".join(
+                f"[{p.stem}]({p.resolve().relative_to(run_dir.resolve()).as_posix()})"
+                for p in paths
+            )
+            lines.append(f"- {role}: {links}")
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

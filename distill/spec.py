@@ -24,6 +24,8 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "distill.flows.build_iaf": flows.build_iaf,
     "distill.flows.build_realnvp": flows.build_realnvp,
     "distill.flows.build_nice": flows.build_nice,
+    "distill.flows.build_wavenet_maf": flows.build_wavenet_maf,
+    "distill.flows.build_wavenet_iaf": flows.build_wavenet_iaf,
     "distill.flows.build_preprocessing": flows.build_preprocessing,
     "distill.data.build_datamodule": data.build_datamodule,
 }

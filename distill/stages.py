@@ -12,12 +12,16 @@ from typing import Any
 import lightning as L
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
+from torch import Tensor
 
 from distill.data import DensityDataModule
 from distill.evaluate import evaluate_distillation, in_support_fraction, test_nll
-from distill.figures import flow_figures, taffy
-from distill.flows import in_data_space
+from distill.evaluate_sequences import evaluate_sequence_distillation, evaluate_sequence_teacher
+from distill.figures import flow_figures, sequence_figures, taffy
+from distill.flows import SequenceFlow, in_data_space
 from distill.models import StudentModule, TeacherModule
+from distill.models.teacher import flow_shape
+from distill.report import write_run
 from distill.spec import build_from_spec, plain
 from distill.training import finish_loggers, fit
 
@@ -34,6 +38,19 @@ class StageResult:
     metrics: dict[str, Any]
     figures: dict[str, Figure] = field(default_factory=dict)
     is_global_zero: bool = True
+    #: sequences: a few samples ``(N, C, T)`` per role (data, teacher, student), for WAV files
+    audio: dict[str, Tensor] = field(default_factory=dict)
+    sample_rate: int | None = None
+
+    def write(self, run_dir: Path, overrides, settings) -> Path:
+        """`write_run` of this result into ``run_dir``."""
+        return write_run(
+            run_dir, self.metrics, self.figures, overrides, settings, self.audio, self.sample_rate
+        )
+
+
+#: Sequence runs keep this many samples per role as WAV files (and W&B audio).
+AUDIO_EXAMPLES = 4
 
 
 def build_datamodule(spec: dict[str, Any]) -> DensityDataModule:
@@ -85,7 +102,12 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
     )
     trainer, loggers, module, metrics = fit(cfg, "teacher", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and isinstance(module.flow, SequenceFlow):
+        sequence_metrics, samples = evaluate_sequence_teacher(module.flow, datamodule)
+        metrics.update(sequence_metrics)
+        metrics["teacher/parameters"] = parameter_count(module.flow)
+        _sequence_outputs(result, samples, datamodule.sample_rate, metrics)
+    elif trainer.is_global_zero:
         teacher = in_data_space(module.flow, module.preprocessing)
         metrics.update(test_nll(teacher, datamodule.test_data, "teacher")[0])
         metrics.update(_data_metrics(datamodule, metrics))
@@ -98,11 +120,31 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
             datamodule.image_shape,
         )
     finish_loggers(
-        loggers, metrics, result.figures, metrics["teacher/global_step"], "teacher/test_nll"
+        loggers,
+        metrics,
+        result.figures,
+        metrics["teacher/global_step"],
+        "teacher/test_nll",
+        result.audio,
+        result.sample_rate,
     )
     if "teacher/test_nll" in metrics:
         log.info("teacher stage done: held-out NLL %.4f nats", metrics["teacher/test_nll"])
     return result
+
+
+def _sequence_outputs(
+    result: StageResult, samples: dict[str, Tensor], sample_rate: int, metrics: dict[str, Any]
+) -> None:
+    """A sequence stage's spectrogram figure and audio examples."""
+    nll = {
+        role: metrics[f"{role}/test_nll_per_step"]
+        for role in ("teacher", "student")
+        if f"{role}/test_nll_per_step" in metrics
+    }
+    result.figures = sequence_figures(samples, sample_rate, nll)
+    result.audio = {role: x[:AUDIO_EXAMPLES] for role, x in samples.items()}
+    result.sample_rate = sample_rate
 
 
 def load_teacher(path: str | Path) -> TeacherModule:
@@ -134,10 +176,11 @@ def student_datamodule(cfg: DictConfig, teacher: TeacherModule) -> DensityDataMo
             f"the teacher was trained on data `{trained_on}` but this run's data is "
             f"`{datamodule.name}`: pass data={trained_on} (or the teacher's experiment=...)"
         )
-    if datamodule.features != teacher.features:
+    if flow_shape(datamodule) != teacher.flow_shape:
         raise ValueError(
-            f"the teacher was trained on {teacher.features}-dimensional data but data "
-            f"`{datamodule.name}` is {datamodule.features}-dimensional: use the teacher's data"
+            f"the teacher was trained on data of shape {teacher.flow_shape} but data "
+            f"`{datamodule.name}` has shape {flow_shape(datamodule)}: use the teacher's data "
+            "(the same dimension, channels, crop length and conditioning)"
         )
     return datamodule
 
@@ -150,7 +193,7 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
     stage = cfg.student
     module = StudentModule.from_teacher(
         teacher,
-        student={**plain(stage.flow), "features": teacher.features},
+        student={**plain(stage.flow), **teacher.flow_shape},
         loss=stage.loss,
         optim=stage.optim,
         ema_decay=stage.ema_decay,
@@ -168,7 +211,23 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
     )
     trainer, loggers, module, metrics = fit(cfg, "student", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and isinstance(module.teacher, SequenceFlow):
+        evaluation = stage.evaluation
+        sequence_metrics, samples = evaluate_sequence_distillation(
+            module.inference_student,
+            module.teacher,
+            datamodule,
+            num_kl_samples=evaluation.num_kl_samples,
+            num_nll_sequences=evaluation.num_nll_sequences,
+            timing_seconds=evaluation.timing_seconds,
+            timing_rounds=evaluation.timing_rounds,
+        )
+        metrics.update(sequence_metrics)
+        metrics["student/init"] = stage.init
+        metrics["teacher/parameters"] = parameter_count(module.teacher)
+        metrics["student/parameters"] = parameter_count(module.student)
+        _sequence_outputs(result, samples, datamodule.sample_rate, metrics)
+    elif trainer.is_global_zero:
         metrics.update(
             evaluate_distillation(
                 module.inference_student,
@@ -197,7 +256,14 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
         if teacher.features == 2:
             result.figures["taffy"] = taffy(module.inference_student, module.preprocessing)
     step = metrics["student/global_step"]
-    finish_loggers(loggers, metrics, result.figures, step, "student/kl_trimmed_mean")
+    main = "student/kl_per_step_trimmed_mean" if result.audio else "student/kl_trimmed_mean"
+    finish_loggers(loggers, metrics, result.figures, step, main, result.audio, result.sample_rate)
+    if "student/kl_per_step_trimmed_mean" in metrics:
+        log.info(
+            "student stage done: KL %.4f nats per step (1%%-trimmed), held-out NLL %.4f per step",
+            metrics["student/kl_per_step_trimmed_mean"],
+            metrics["student/test_nll_per_step"],
+        )
     if "student/kl_trimmed_mean" in metrics:
         log.info(
             "student stage done: KL %.4f nats (1%%-trimmed), held-out NLL %.4f",

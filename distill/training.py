@@ -345,10 +345,13 @@ def finish_loggers(
     figures: Mapping[str, Figure],
     step: int,
     main_metric: str,
+    audio: Mapping[str, Any] | None = None,
+    sample_rate: int | None = None,
 ) -> None:
     """Send the final metrics (to W&B's run summary too; TensorBoard's ``hp_metric`` is the
-    stage's ``main_metric``) and the figures to every logger, and close the runs. A logger that
-    fails here only warns: the results are written to the run directory anyway."""
+    stage's ``main_metric``), the figures and, for sequences, the ``audio`` examples (role ->
+    ``(N, C, T)`` at ``sample_rate``; W&B and TensorBoard) to every logger, and close the runs.
+    A logger that fails here only warns: the results are written to the run directory anyway."""
     numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     images = {name: figure_to_array(figure) for name, figure in figures.items()}
     for logger in loggers:
@@ -357,10 +360,21 @@ def finish_loggers(
             if isinstance(logger, WandbLogger):
                 for name, image in images.items():
                     logger.log_image(key=f"plots/{name}", images=[image], step=step)
+                for role, clips in (audio or {}).items():
+                    waves = [clip[0].detach().cpu().numpy() for clip in clips]
+                    rates = [sample_rate] * len(waves)
+                    logger.log_audio(
+                        key=f"audio/{role}", audios=waves, step=step, sample_rate=rates
+                    )
                 logger.experiment.summary.update(numbers)
             elif isinstance(logger, TensorBoardLogger):
                 for name, image in images.items():
                     logger.experiment.add_image(f"plots/{name}", image, step, dataformats="HWC")
+                for role, clips in (audio or {}).items():
+                    for index, clip in enumerate(clips):
+                        logger.experiment.add_audio(
+                            f"audio/{role}_{index}", clip[0].detach().cpu(), step, sample_rate
+                        )
                 if main_metric in numbers:
                     logger.log_metrics({"hp_metric": numbers[main_metric]}, step=step)
             logger.finalize("success")

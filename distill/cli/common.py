@@ -124,11 +124,15 @@ class SweepSummary(Callback):
 
 
 def entry_point(
-    config_name: str, run: Callable[[DictConfig], Mapping[str, Any] | None], summary: str
+    config_name: str,
+    run: Callable[[DictConfig], Mapping[str, Any] | None],
+    *summaries: str,
 ) -> Callable[[], Any]:
     """The Hydra ``main`` of a command: compose ``config_name``, ``run`` it (user errors as one
-    line), log ``summary`` (a format string over the metrics and ``run_dir``) and return the
-    ``optimized_metric`` to a sweeper; other ranks of a distributed run return None."""
+    line), log a summary (the first of ``summaries``, format strings over the metrics and
+    ``run_dir``, whose metrics the run has: vector and sequence runs report different ones) and
+    return the ``optimized_metric`` to a sweeper; other ranks of a distributed run return
+    None."""
 
     @hydra.main(version_base="1.3", config_path="pkg://distill.conf", config_name=config_name)
     @exit_on_user_error
@@ -136,7 +140,13 @@ def entry_point(
         metrics = run(cfg)
         if metrics is None:
             return None
-        log.info(summary.format_map({"run_dir": cfg.paths.output_dir, **metrics}))
+        values = {"run_dir": cfg.paths.output_dir, **metrics}
+        for summary in summaries:
+            try:
+                log.info(summary.format_map(values))
+                break
+            except KeyError:
+                continue
         return optimized_metric(cfg, metrics)
 
     return main

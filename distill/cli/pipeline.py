@@ -55,7 +55,7 @@ def finished_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, d
         trained = train_teacher(cfg, directory)
         if trained.is_global_zero:
             settings = key_settings(cfg, ("teacher",))
-            write_run(directory, trained.metrics, trained.figures, run_overrides(), settings)
+            trained.write(directory, run_overrides(), settings)
         return trained.module, trained.metrics
 
 
@@ -75,7 +75,15 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     metrics = {**metrics, **student.metrics}
     settings = key_settings(cfg, ("teacher", "student"))
-    write_run(run_dir, metrics, student.figures, run_overrides(), settings)
+    write_run(
+        run_dir,
+        metrics,
+        student.figures,
+        run_overrides(),
+        settings,
+        student.audio,
+        student.sample_rate,
+    )
     return metrics
 
 
@@ -85,4 +93,7 @@ main = entry_point(
     "teacher test NLL {teacher/test_nll:.4f}, student {student/test_nll:.4f}; student KL "
     "{student/kl_trimmed_mean:.4f} nats; sampling {sampling/speedup:.1f}x faster; "
     "run dir {run_dir}",
+    "teacher test NLL {teacher/test_nll_per_step:.4f} nats per step, student "
+    "{student/test_nll_per_step:.4f}; student KL {student/kl_per_step_trimmed_mean:.4f} nats per "
+    "step; one second of audio sampled {sampling/b1_speedup:.1f}x faster; run dir {run_dir}",
 )

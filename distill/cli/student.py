@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from distill.checks import validate
 from distill.cli.common import entry_point
-from distill.report import append_overrides_history, key_settings, write_run
+from distill.report import append_overrides_history, key_settings
 from distill.stages import distill_student, load_teacher
 from distill.training import run_overrides
 
@@ -24,9 +24,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     student = distill_student(cfg, load_teacher(cfg.teacher.ckpt), run_dir)
     if not student.is_global_zero:
         return None
-    write_run(
-        run_dir, student.metrics, student.figures, run_overrides(), key_settings(cfg, ("student",))
-    )
+    student.write(run_dir, run_overrides(), key_settings(cfg, ("student",)))
     return student.metrics
 
 
@@ -35,4 +33,7 @@ main = entry_point(
     run,
     "student KL {student/kl_trimmed_mean:.4f} nats (1%-trimmed), test NLL {student/test_nll:.4f} "
     "vs teacher {teacher/test_nll:.4f}, sampling {sampling/speedup:.1f}x faster; run dir {run_dir}",
+    "student KL {student/kl_per_step_trimmed_mean:.4f} nats per step (1%-trimmed), test NLL "
+    "{student/test_nll_per_step:.4f} per step vs teacher {teacher/test_nll_per_step:.4f}, one "
+    "second of audio sampled {sampling/b1_speedup:.1f}x faster; run dir {run_dir}",
 )

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from distill.checks import validate
 from distill.cli.common import entry_point
-from distill.report import append_overrides_history, key_settings, write_run
+from distill.report import append_overrides_history, key_settings
 from distill.stages import train_teacher
 from distill.training import run_overrides
 
@@ -22,9 +22,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     teacher = train_teacher(cfg, run_dir)
     if not teacher.is_global_zero:
         return None
-    write_run(
-        run_dir, teacher.metrics, teacher.figures, run_overrides(), key_settings(cfg, ("teacher",))
-    )
+    teacher.write(run_dir, run_overrides(), key_settings(cfg, ("teacher",)))
     return teacher.metrics
 
 

@@ -29,6 +29,15 @@ def evaluating(module: torch.nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def split_batch(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A data batch as ``(x, context)``: data modules yield ``x`` alone, or ``(x, context)``
+    for conditional data (a context per row)."""
+    if isinstance(batch, tuple | list):
+        x, context = batch
+        return x, context
+    return batch, None
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Training produced a non-finite loss or gradient; the last finite state was saved."""
 
@@ -57,16 +66,16 @@ class FlowModule(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs).eval()
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Data ``(..., D)`` -> model space ``(..., D)`` (the preprocessing's inverse)."""
+        """Data -> model space, same shape (the preprocessing's inverse)."""
         return x if self.preprocessing is None else self.preprocessing.inverse(x)[0]
 
     def evaluate(self, batch: torch.Tensor, stage: str) -> None:
         raise NotImplementedError
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate(batch, "val")
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self.evaluate(batch, "test")
 
     def configure_optimizers(self):

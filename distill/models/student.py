@@ -9,13 +9,22 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from distill.flows import Flow, in_data_space
+from distill.flows import Flow, SequenceFlow, in_data_space
 from distill.losses import DistillationObjective, reverse_kl
-from distill.models.base import FlowModule
+from distill.models.base import FlowModule, split_batch
 from distill.models.teacher import TeacherModule
 from distill.spec import build_from_spec, plain
 
 INITS = ("identity", "teacher")
+
+
+def _event(flow: Flow) -> str:
+    """What a flow acts on, for error messages and the student/teacher match."""
+    if isinstance(flow, SequenceFlow):
+        conditioning = flow.bijector.bijectors[0].conditioner
+        context = conditioning.global_features or conditioning.local_features
+        return f"sequences of {flow.channels} channel(s) with context of {context} feature(s)"
+    return f"{flow.features} dimensions"
 
 
 class StudentModule(FlowModule):
@@ -75,10 +84,11 @@ class StudentModule(FlowModule):
         )
         self.teacher: Flow = build_from_spec(self.hparams.teacher["flow"], "teacher.flow")
         self.student: Flow = build_from_spec(self.hparams.student, "student.flow")
-        if self.student.features != self.teacher.features:
+        if _event(self.student) != _event(self.teacher):
             raise ValueError(
-                f"the student acts on {self.student.features} dimensions but the teacher on "
-                f"{self.teacher.features}: they must match (use the teacher's data)"
+                f"the student acts on {_event(self.student)} but the teacher on "
+                f"{_event(self.teacher)}: they must match (build the student with the "
+                "teacher's flow_shape)"
             )
         self.objective = DistillationObjective(**self.hparams.loss)
         self.student_ema: AveragedModel | None = (
@@ -149,19 +159,23 @@ class StudentModule(FlowModule):
         weights if ``ema_decay > 0``, else the trained weights."""
         return self.student_ema.module if self.student_ema is not None else self.student
 
-    def forward(self, num_samples: int) -> Tensor:
-        """``(num_samples, D)`` student samples in data space: one parallel pass per layer."""
-        return in_data_space(self.inference_student, self.preprocessing).sample((num_samples,))
+    def forward(self, num_samples: int, context: Tensor | None = None) -> Tensor:
+        """``num_samples`` student samples in data space, ``(num_samples, D)`` or ``(num_samples,
+        C, T)`` (given a context ``(B, ...)``: ``(num_samples, B, ...)``), one parallel pass
+        per layer."""
+        flow = in_data_space(self.inference_student, self.preprocessing)
+        return flow.sample((num_samples,), context)
 
     def on_fit_start(self) -> None:
         # After seed_everything every rank draws the same noise: offset the stream by rank.
         torch.manual_seed(self.hparams.seed + self.global_rank)
 
     def _objective(
-        self, student: Flow, batch: Tensor, progress: float | None = None
+        self, student: Flow, batch, progress: float | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        data = self.to_model_space(batch) if self.objective.needs_data else None
-        return self.objective(student, self.teacher, data, progress)
+        x, context = split_batch(batch)
+        data = self.to_model_space(x) if self.objective.needs_data else None
+        return self.objective(student, self.teacher, data, progress, context)
 
     @property
     def progress(self) -> float:
@@ -171,7 +185,7 @@ class StudentModule(FlowModule):
         max_steps = trainer.max_steps if trainer is not None else -1
         return min(self.global_step / max_steps, 1.0) if max_steps and max_steps > 0 else 0.0
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         progress = self.progress
         loss, parts = self._objective(self.student, batch, progress)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -186,18 +200,25 @@ class StudentModule(FlowModule):
         if self.student_ema is not None:
             self.student_ema.update_parameters(self.student)
 
-    def evaluate(self, batch: Tensor, stage: str) -> None:
+    def evaluate(self, batch, stage: str) -> None:
         """``{stage}/loss``: the training objective with its final weights (what checkpoints
         select on, comparable across the steps of a loss schedule), its terms,
-        ``{stage}/kl`` (Monte Carlo KL(q || p)) and ``{stage}/nll`` (held-out, data space)."""
+        ``{stage}/kl`` (Monte Carlo KL(q || p)) and ``{stage}/nll`` (held-out, data space).
+        Sequence students log ``{stage}/kl_per_step`` instead of the NLL, which would take
+        their sequential inverse (T steps per flow): the stage reports it once, on test data."""
         student = self.inference_student
         loss, parts = self._objective(student, batch)
         self.log(f"{stage}/loss", loss, sync_dist=True)
         for name, value in parts.items():
             self.log(f"{stage}/{name}", value, sync_dist=True)
+        x, context = split_batch(batch)
         kl = parts.get("reverse_kl")
         if kl is None:
-            kl = reverse_kl(student, self.teacher, self.objective.num_samples).mean()
+            kl = self.objective.evaluate(reverse_kl, student, self.teacher, context).mean()
         self.log(f"{stage}/kl", kl, prog_bar=stage == "val", sync_dist=True)
-        nll = -in_data_space(student, self.preprocessing).log_prob(batch).mean()
+        if isinstance(student, SequenceFlow):
+            per_step = kl / x.shape[-2:].numel()
+            self.log(f"{stage}/kl_per_step", per_step, prog_bar=stage == "val", sync_dist=True)
+            return
+        nll = -in_data_space(student, self.preprocessing).log_prob(x, context).mean()
         self.log(f"{stage}/nll", nll, prog_bar=stage == "val", sync_dist=True)

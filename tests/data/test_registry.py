@@ -13,7 +13,7 @@ SMALL = {"num_train": 256, "num_val": 64, "num_test": 64, "batch_size": 64}
 
 
 def test_dataset_names():
-    assert set(DATASETS) == {"moons", "siggraph", "digits", "file", *TOYS}
+    assert set(DATASETS) == {"moons", "siggraph", "digits", "file", "notes", "waveform", *TOYS}
     assert set(TOYS) == {"8gaussians", "checkerboard", "pinwheel", "2spirals", "rings", "circles"}
 
 
