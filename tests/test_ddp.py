@@ -146,17 +146,46 @@ def read_curves(run: Path, logger: str) -> dict[str, list[float]]:
             for tag in accumulator.Tags()["scalars"]:
                 curves.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
         return curves
-    (run_dir,) = run.glob("wandb/offline-run-*")
-    wandb = Path(sys.executable).parent / "wandb"
-    records = subprocess.run(
-        [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True
-    ).stdout.splitlines()
+    records = inspect_wandb_run(run, "--json").splitlines()
     curves = {}
     for line in records:
         record = json.loads(line) if line.startswith("{") else {}
         for key, value in record.get("history", {}).get("item", {}).items():
             curves.setdefault(key, []).append(value)
     return curves
+
+
+def inspect_wandb_run(run: Path, *options: str) -> str:
+    """What W&B's own offline reader (`wandb leet inspect`) prints about the one W&B run
+    under ``run``."""
+    (run_dir,) = run.glob("wandb/offline-run-*")  # one run: only rank 0 logs
+    wandb = Path(sys.executable).parent / "wandb"
+    result = subprocess.run(
+        [str(wandb), "leet", "inspect", *options, str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def check_wandb_summary(run: Path, metrics: dict) -> None:
+    """The W&B run finished with the stage's final metrics in its summary, and the figures it
+    names are in its own folder."""
+    summary = json.loads(inspect_wandb_run(run, "--summary", "--json"))
+    assert summary["state"] == "finished" and summary["exit_code"] == 0
+    values = summary["summary"]
+    assert values["teacher/global_step"] == metrics["teacher/global_step"]
+    assert values["teacher/test_nll"] == pytest.approx(metrics["teacher/test_nll"], rel=1e-6)
+    (run_dir,) = run.glob("wandb/offline-run-*")
+    figures = [
+        name
+        for value in values.values()
+        if isinstance(value, dict)
+        for name in value.get("filenames", ())
+    ]
+    assert len(figures) == 2 and all((run_dir / "files" / name).is_file() for name in figures)
 
 
 LOGGER_CASES = [
@@ -166,7 +195,12 @@ LOGGER_CASES = [
     ("ddp_fork", "none"),
     ("ddp_spawn", "csv"),
     ("ddp_spawn", "tensorboard"),
+    ("ddp_spawn", "wandb"),
+    ("ddp_spawn", "none"),
     ("ddp", "csv"),
+    ("ddp", "tensorboard"),
+    ("ddp", "wandb"),
+    ("ddp", "none"),
 ]
 
 
@@ -187,6 +221,9 @@ def test_every_logger_keeps_its_curves_under_ddp(tmp_path, wandb_env, strategy, 
         assert curves["val/nll"], sorted(curves)
     if logger == "tensorboard":  # the HParams tab's metric is the stage's objective
         assert pytest.approx(metrics["teacher/test_nll"], rel=1e-6) in curves["hp_metric"]
+    if logger == "wandb":
+        check_wandb_summary(run, metrics)
+    assert not (tmp_path / "wandb").exists()  # nothing in the launch directory
 
 
 @pytest.mark.slow
