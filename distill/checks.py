@@ -81,23 +81,69 @@ def _check(cfg: DictConfig, key: str, rule: Rule) -> None:
         raise ConfigError(f"{key}={value!r} is not valid: it must be {expected}")
 
 
-def _closed_form_flows(cfg: DictConfig) -> None:
-    """ClariNet's closed form needs an affine MAF teacher and an affine IAF student sharing
-    one ordering (no permutations, no BatchNorm)."""
-    for stage, builder in (("teacher", "build_maf"), ("student", "build_iaf")):
+def _per_step_flows(cfg: DictConfig, term: str, affine: bool) -> None:
+    """The per-step losses need a MAF teacher and an IAF student sharing one ordering (no
+    permutations, no BatchNorm; WaveNet flows over time always qualify), and ClariNet's closed
+    form affine ones."""
+    for stage, builders in (
+        ("teacher", ("build_maf", "build_wavenet_maf")),
+        ("student", ("build_iaf", "build_wavenet_iaf")),
+    ):
         flow = cfg[stage].flow
+        target = str(flow.get("_target_", ""))
+        over_time = target.endswith(builders[1])
         fits = (
-            str(flow.get("_target_", "")).endswith(builder)
-            and flow.get("permutation") == "none"
-            and flow.get("transform", "affine") == "affine"
+            target.endswith(builders)
+            and (over_time or flow.get("permutation") == "none")
+            and (not affine or flow.get("transform", "affine") == "affine")
             and not flow.get("batch_norm", False)
         )
         if not fits:
+            kind = "an affine" if affine else "a"
             raise ConfigError(
-                "student.loss.terms.reverse_kl_closed_form needs an affine MAF teacher and an "
-                "affine IAF student with one shared ordering: use flow@teacher.flow="
-                "maf_fixed_order flow@student.flow=iaf_fixed_order, or another loss"
+                f"student.loss.terms.{term} needs {kind} MAF teacher and {kind} IAF student "
+                "with one shared ordering: use flow@teacher.flow=maf_fixed_order "
+                "flow@student.flow=iaf_fixed_order (or the WaveNet flows over time), or "
+                "another loss"
             )
+
+
+#: Evaluation settings read only by sequence (WaveNet) students.
+SEQUENCE_EVALUATION = ("num_nll_sequences", "timing_seconds", "timing_rounds")
+
+
+def _evaluation_keys(cfg: DictConfig) -> None:
+    """A sequence student's evaluation needs its keys; a vector student's must not get them
+    (they would be silently unused)."""
+    evaluation = cfg.student.get("evaluation") or {}
+    sequence = "wavenet" in str(cfg.student.flow.get("_target_", ""))
+    if sequence:
+        missing = [key for key in SEQUENCE_EVALUATION if evaluation.get(key) is None]
+        if missing:
+            raise ConfigError(
+                f"a WaveNet student's evaluation needs student.evaluation.{missing[0]} (set "
+                f"{', '.join(SEQUENCE_EVALUATION)}, as experiment=notes does)"
+            )
+        checks = {
+            "num_nll_sequences": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+            "timing_seconds": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: no timing)"),
+            "timing_rounds": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        }
+        for key, rule in checks.items():
+            _check(cfg, f"student.evaluation.{key}", rule)
+        if evaluation.get("num_timing_samples") is not None:
+            raise ConfigError(
+                "student.evaluation.num_timing_samples is read only for students over vectors; "
+                "a WaveNet student is timed on timing_seconds of audio at batch 1 and 16: set "
+                "num_timing_samples=null"
+            )
+        return
+    unused = [key for key in SEQUENCE_EVALUATION if evaluation.get(key) is not None]
+    if unused:
+        raise ConfigError(
+            f"student.evaluation.{unused[0]} is read only for WaveNet students over sequences; "
+            "this student is a flow over vectors: remove it"
+        )
 
 
 def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
@@ -123,8 +169,12 @@ def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
             )
     if "student" in stages:
         _check_schedule(cfg)
-        if "reverse_kl_closed_form" in cfg.student.loss.terms:
-            _closed_form_flows(cfg)
+        _evaluation_keys(cfg)
+        terms = cfg.student.loss.terms
+        if "reverse_kl_closed_form" in terms or "log_std_regularizer" in terms:
+            _per_step_flows(cfg, "reverse_kl_closed_form", affine=True)
+        if "reverse_kl_per_step" in terms:
+            _per_step_flows(cfg, "reverse_kl_per_step", affine=False)
 
 
 def _check_schedule(cfg: DictConfig) -> None:

@@ -98,13 +98,39 @@ def test_a_key_that_does_not_exist_is_refused(compose_config):
 
 @pytest.mark.parametrize(
     "loss",
-    ["reverse_kl", "reverse_kl_closed_form", "forward_kl", "regression", "mixed", "scheduled"],
+    sorted(p.stem for p in Path("distill/conf/loss").glob("*.yaml")),
 )
 def test_loss_configs_build_objectives(compose_config, loss):
     from distill.losses import DistillationObjective
 
     cfg = compose_config("student", [f"loss@student.loss={loss}", "teacher.ckpt=x"])
     assert DistillationObjective(**plain(cfg.student.loss)).terms
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss@student.loss=clarinet", "teacher.flow.transform=spline"], "an affine MAF"),
+        (["loss@student.loss=clarinet", "student.flow.transform=spline"], "an affine IAF"),
+        (["student.evaluation.timing_rounds=null"], "needs student.evaluation.timing_rounds"),
+        (["student.evaluation.timing_seconds=-1"], "timing_seconds=-1"),
+        (["student.evaluation.num_timing_samples=100"], "num_timing_samples=null"),
+    ],
+)
+def test_sequence_configs_are_checked_before_training(compose_config, overrides, message):
+    from distill.checks import ConfigError, validate
+
+    cfg = compose_config("distill", ["experiment=notes", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, ("teacher", "student"))
+
+
+def test_sequence_evaluation_keys_are_refused_for_vector_students(compose_config):
+    from distill.checks import ConfigError, validate
+
+    cfg = compose_config("distill", ["+student.evaluation.timing_seconds=1.0"])
+    with pytest.raises(ConfigError, match="read only for WaveNet students"):
+        validate(cfg, ("teacher", "student"))
 
 
 def test_unknown_group_value_names_the_allowed_values(compose_config):
