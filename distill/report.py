@@ -88,10 +88,11 @@ def key_settings(cfg: Mapping[str, Any], stages: Sequence[str]) -> dict[str, Any
 
 
 def write_audio(
-    directory: Path, audio: Mapping[str, Tensor], sample_rate: int
+    directory: str | Path, audio: Mapping[str, Tensor], sample_rate: int
 ) -> dict[str, list[Path]]:
     """``directory/audio/<role>_<i>.wav`` (16-bit PCM) for each role's sequences ``(N, C, T)``;
     the paths by role."""
+    directory = Path(directory)
     paths: dict[str, list[Path]] = {}
     for role, sequences in audio.items():
         paths[role] = []
@@ -109,12 +110,11 @@ def write_run(
     figures: Mapping[str, Figure],
     overrides: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
-    audio: Mapping[str, Tensor] | None = None,
-    sample_rate: int | None = None,
+    sounds: Mapping[str, Sequence[Path]] | None = None,
 ) -> Path:
-    """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png``, for sequences
-    ``run_dir/audio/<role>_<i>.wav`` (``audio``: role -> ``(N, C, T)`` at ``sample_rate``) and
-    ``run_dir/report.md`` (``settings``: the config's key values, see `key_settings`);
+    """Write ``run_dir/metrics.json`` (afresh), ``run_dir/plots/<name>.png`` and
+    ``run_dir/report.md`` (``settings``: the config's key values, see `key_settings`;
+    ``sounds``: a sequence run's WAV files by role, `write_audio`, linked from the report);
     returns the report's path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,6 @@ def write_run(
         name: save_figure(figure, run_dir / "plots" / f"{name}.png")
         for name, figure in figures.items()
     }
-    sounds = write_audio(run_dir, audio, sample_rate) if audio else {}
     return write_report(run_dir, metrics, images, overrides, settings, sounds)
 
 

@@ -21,7 +21,7 @@ from distill.figures import flow_figures, sequence_figures, taffy
 from distill.flows import SequenceFlow, in_data_space
 from distill.models import StudentModule, TeacherModule
 from distill.models.teacher import flow_shape
-from distill.report import write_run
+from distill.report import write_audio, write_run
 from distill.spec import build_from_spec, plain
 from distill.training import finish_loggers, fit
 
@@ -38,15 +38,13 @@ class StageResult:
     metrics: dict[str, Any]
     figures: dict[str, Figure] = field(default_factory=dict)
     is_global_zero: bool = True
-    #: sequences: a few samples ``(N, C, T)`` per role (data, teacher, student), for WAV files
-    audio: dict[str, Tensor] = field(default_factory=dict)
-    sample_rate: int | None = None
+    #: sequences: WAV files of a few samples per role (data, teacher, student), in the stage's
+    #: ``audio/`` folder
+    audio: dict[str, list[Path]] = field(default_factory=dict)
 
     def write(self, run_dir: Path, overrides, settings) -> Path:
         """`write_run` of this result into ``run_dir``."""
-        return write_run(
-            run_dir, self.metrics, self.figures, overrides, settings, self.audio, self.sample_rate
-        )
+        return write_run(run_dir, self.metrics, self.figures, overrides, settings, self.audio)
 
 
 #: Sequence runs keep this many samples per role as WAV files (and W&B audio).
@@ -106,7 +104,7 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
         sequence_metrics, samples = evaluate_sequence_teacher(module.flow, datamodule)
         metrics.update(sequence_metrics)
         metrics["teacher/parameters"] = parameter_count(module.flow)
-        _sequence_outputs(result, samples, datamodule.sample_rate, metrics)
+        _sequence_outputs(result, samples, datamodule.sample_rate, metrics, stage_dir)
     elif trainer.is_global_zero:
         teacher = in_data_space(module.flow, module.preprocessing)
         metrics.update(test_nll(teacher, datamodule.test_data, "teacher")[0])
@@ -126,7 +124,6 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
         metrics["teacher/global_step"],
         "teacher/test_nll",
         result.audio,
-        result.sample_rate,
     )
     if "teacher/test_nll" in metrics:
         log.info("teacher stage done: held-out NLL %.4f nats", metrics["teacher/test_nll"])
@@ -134,17 +131,22 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
 
 
 def _sequence_outputs(
-    result: StageResult, samples: dict[str, Tensor], sample_rate: int, metrics: dict[str, Any]
+    result: StageResult,
+    samples: dict[str, Tensor],
+    sample_rate: int,
+    metrics: dict[str, Any],
+    stage_dir: Path,
 ) -> None:
-    """A sequence stage's spectrogram figure and audio examples."""
+    """A sequence stage's spectrogram figure, and its audio examples as WAV files in
+    ``stage_dir/audio``."""
     nll = {
         role: metrics[f"{role}/test_nll_per_step"]
         for role in ("teacher", "student")
         if f"{role}/test_nll_per_step" in metrics
     }
     result.figures = sequence_figures(samples, sample_rate, nll)
-    result.audio = {role: x[:AUDIO_EXAMPLES] for role, x in samples.items()}
-    result.sample_rate = sample_rate
+    examples = {role: x[:AUDIO_EXAMPLES] for role, x in samples.items()}
+    result.audio = write_audio(stage_dir, examples, sample_rate)
 
 
 def load_teacher(path: str | Path) -> TeacherModule:
@@ -226,7 +228,7 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
         metrics["student/init"] = stage.init
         metrics["teacher/parameters"] = parameter_count(module.teacher)
         metrics["student/parameters"] = parameter_count(module.student)
-        _sequence_outputs(result, samples, datamodule.sample_rate, metrics)
+        _sequence_outputs(result, samples, datamodule.sample_rate, metrics, stage_dir)
     elif trainer.is_global_zero:
         metrics.update(
             evaluate_distillation(
@@ -257,7 +259,7 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
             result.figures["taffy"] = taffy(module.inference_student, module.preprocessing)
     step = metrics["student/global_step"]
     main = "student/kl_per_step_trimmed_mean" if result.audio else "student/kl_trimmed_mean"
-    finish_loggers(loggers, metrics, result.figures, step, main, result.audio, result.sample_rate)
+    finish_loggers(loggers, metrics, result.figures, step, main, result.audio)
     if "student/kl_per_step_trimmed_mean" in metrics:
         log.info(
             "student stage done: KL %.4f nats per step (1%%-trimmed), held-out NLL %.4f per step",

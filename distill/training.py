@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.checkpoint_io import AtomicCheckpointIO
 from distill.plots import figure_to_array
+from distill.spectral import read_wav
 from distill.wandb_setup import wandb_can_go_online
 
 # Lightning 2.6 builds a torch LeafSpec for every dataloader, which torch 2.13 deprecates: a
@@ -172,12 +173,35 @@ def _wandb_logger(
 
 class SaveOnTerminate(L.Callback):
     """On SIGTERM (a scheduler's stop, a preemption) Lightning ends ``fit`` after the current
-    step; this writes that state as ``last.ckpt`` first, so the run resumes from it."""
+    step; this writes that state as ``last.ckpt`` first, so the run resumes from it.
+
+    The resumed run's curve continues at the step after the stop. Lightning numbers logged rows
+    by its count of batches that stepped, and restores that count one ahead from a state saved
+    after an epoch's validation (it takes it for a state saved during validation, before the
+    count moves): the rows were numbered from one step too far, so the curve missed the stop's
+    step and ended one past the last. The checkpoint keeps the step of the next row, the
+    optimizer steps made (one per stepped batch: automatic optimization, one optimizer), and the
+    resumed run logs its first batch there."""
+
+    def __init__(self) -> None:
+        self.next_row: int | None = None  # the step of the first row after a stop
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception) -> None:
         callback = trainer.checkpoint_callback
         if isinstance(exception, SIGTERMException) and callback is not None and callback.dirpath:
+            self.next_row = trainer.global_step
             trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.next_row is None else {"next_row": self.next_row}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_row = state_dict.get("next_row")
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *_) -> None:
+        if self.next_row is not None and module.automatic_optimization:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = self.next_row
+        self.next_row = None
 
 
 class LogConfig(L.Callback):
@@ -345,13 +369,12 @@ def finish_loggers(
     figures: Mapping[str, Figure],
     step: int,
     main_metric: str,
-    audio: Mapping[str, Any] | None = None,
-    sample_rate: int | None = None,
+    audio: Mapping[str, Sequence[Path]] | None = None,
 ) -> None:
     """Send the final metrics (to W&B's run summary too; TensorBoard's ``hp_metric`` is the
     stage's ``main_metric``), the figures and, for sequences, the ``audio`` examples (role ->
-    ``(N, C, T)`` at ``sample_rate``; W&B and TensorBoard) to every logger, and close the runs.
-    A logger that fails here only warns: the results are written to the run directory anyway."""
+    WAV files; to W&B and TensorBoard) to every logger, and close the runs. A logger that
+    fails here only warns: the results are written to the run directory anyway."""
     numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     images = {name: figure_to_array(figure) for name, figure in figures.items()}
     for logger in loggers:
@@ -360,20 +383,24 @@ def finish_loggers(
             if isinstance(logger, WandbLogger):
                 for name, image in images.items():
                     logger.log_image(key=f"plots/{name}", images=[image], step=step)
-                for role, clips in (audio or {}).items():
-                    waves = [clip[0].detach().cpu().numpy() for clip in clips]
-                    rates = [sample_rate] * len(waves)
-                    logger.log_audio(
-                        key=f"audio/{role}", audios=waves, step=step, sample_rate=rates
-                    )
+                if audio:  # one key per file: a list of wandb.Audio needs the soundfile codec
+                    import wandb
+
+                    clips = {
+                        f"audio/{path.stem}": wandb.Audio(str(path))
+                        for paths in audio.values()
+                        for path in paths
+                    }
+                    logger.log_metrics(clips, step=step)
                 logger.experiment.summary.update(numbers)
             elif isinstance(logger, TensorBoardLogger):
                 for name, image in images.items():
                     logger.experiment.add_image(f"plots/{name}", image, step, dataformats="HWC")
-                for role, clips in (audio or {}).items():
-                    for index, clip in enumerate(clips):
+                for paths in (audio or {}).values():
+                    for path in paths:
+                        wave, sample_rate = read_wav(path)
                         logger.experiment.add_audio(
-                            f"audio/{role}_{index}", clip[0].detach().cpu(), step, sample_rate
+                            f"audio/{path.stem}", wave[0], step, sample_rate
                         )
                 if main_metric in numbers:
                     logger.log_metrics({"hp_metric": numbers[main_metric]}, step=step)

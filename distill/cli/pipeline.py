@@ -82,7 +82,6 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         run_overrides(),
         settings,
         student.audio,
-        student.sample_rate,
     )
     return metrics
 

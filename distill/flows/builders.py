@@ -152,6 +152,7 @@ def build_wavenet_flow(
     global_features: int | None = None,
     local_features: int | None = None,
     hop_length: int | None = None,
+    context_hidden: int | None = None,
 ) -> SequenceFlow:
     """A stack of autoregressive flows over the time axis of ``(..., C, T)`` sequences, one
     `WaveNet` each, noise -> data.
@@ -168,6 +169,7 @@ def build_wavenet_flow(
             ``bins`` and ``tail_bound`` (spline) as in `build_flow`.
         global_features: G of a global context ``(..., G)``, or
         local_features: L of a local context ``(..., L, T // hop_length)`` with ``hop_length``.
+        context_hidden: width of each WaveNet's conditioning MLP (None: a linear map).
 
     All flows read the steps in time order: stacked affine flows keep Gaussian per-step
     conditionals, so the closed-form KL between a MAF teacher and an IAF student applies.
@@ -195,6 +197,7 @@ def build_wavenet_flow(
             global_features=global_features,
             local_features=local_features,
             hop_length=hop_length,
+            context_hidden=context_hidden,
         )
         for num_layers in layers_per_flow
     ]

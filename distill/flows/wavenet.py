@@ -45,6 +45,10 @@ class WaveNet(nn.Module):
         global_features: G, for a global context ``(..., G)``; or
         local_features: L, for a local context ``(..., L, T // hop_length)`` (one of the two).
         hop_length: steps per frame of the local context.
+        context_hidden: width of the conditioning network, a per-frame MLP (two tanh layers)
+            from the context to every block's gate terms; None: one linear map (the gates
+            then see the context only linearly, which makes a frequency from a pitch value
+            slow to learn).
 
     The head's last layer starts near zero, so a flow layer built on it starts near the
     identity.
@@ -64,6 +68,7 @@ class WaveNet(nn.Module):
         global_features: int | None = None,
         local_features: int | None = None,
         hop_length: int | None = None,
+        context_hidden: int | None = None,
     ):
         super().__init__()
         for name, value in (
@@ -107,13 +112,19 @@ class WaveNet(nn.Module):
             nn.Conv1d(residual_channels, residual_channels + skip_channels, 1)
             for _ in self.dilations
         )
-        # the context's term of every block's gate, all blocks in one product
+        # the context's term of every block's gate, all blocks at once, per frame
         context_features = self.global_features or self.local_features
-        self.context = (
-            nn.Conv1d(context_features, gate * num_layers, 1, bias=False)
-            if context_features
-            else None
-        )
+        self.context: nn.Module | None = None
+        if context_features and context_hidden:
+            self.context = nn.Sequential(
+                nn.Conv1d(context_features, context_hidden, 1),
+                nn.Tanh(),
+                nn.Conv1d(context_hidden, context_hidden, 1),
+                nn.Tanh(),
+                nn.Conv1d(context_hidden, gate * num_layers, 1, bias=False),
+            )
+        elif context_features:
+            self.context = nn.Conv1d(context_features, gate * num_layers, 1, bias=False)
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Conv1d(skip_channels, skip_channels, 1),

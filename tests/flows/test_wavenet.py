@@ -23,6 +23,8 @@ CONDITIONING = {
     "none": ({}, None),
     "global": ({"global_features": 3}, (3,)),
     "local": ({"local_features": 2, "hop_length": 4}, (2, T // 4)),
+    "local_mlp": ({"local_features": 2, "hop_length": 4, "context_hidden": 5}, (2, T // 4)),
+    "global_mlp": ({"global_features": 3, "context_hidden": 5}, (3,)),
 }
 
 
@@ -122,7 +124,7 @@ def test_sequential_direction_is_differentiable():
     assert all(p.grad is not None for p in layer.parameters())
 
 
-@pytest.mark.parametrize("kind", ["global", "local"])
+@pytest.mark.parametrize("kind", ["global", "local", "global_mlp", "local_mlp"])
 def test_conditioning_reaches_the_output(kind):
     layer = make_layer(InverseAutoregressiveWaveNet, kind)
     u = sequences(1).expand(2, C, T)
