@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -240,23 +241,55 @@ def csv_train_steps(run: Path) -> list[int]:
     return steps
 
 
-@pytest.mark.skip(
-    reason="flaky in full-suite runs (its curve check races the SIGTERM; under investigation): "
-    "the requeue path is covered by tests/test_slurm.py on a real cluster"
-)
-def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
-    """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) after a
-    checkpoint, then the same command again with SLURM_RESTART_COUNT set. (That the W&B run is
-    continued is tested in tests/test_sweeps.py.)"""
-    run = tmp_path / "run"
-    command = [
+def requeue_command(run: Path, max_steps: int, *overrides: str) -> list[str]:
+    """A teacher run that logs every step to CSV; launched again, the same command is what a
+    requeued SLURM job runs."""
+    return [
         str(Path(sys.executable).parent / "distill-teacher"),
         *MOONS,
-        "teacher.trainer.max_steps=400",
+        f"teacher.trainer.max_steps={max_steps}",
         "teacher.trainer.log_every_n_steps=1",
         "logger=csv",
         f"hydra.run.dir={run}",
+        *overrides,
     ]
+
+
+def check_requeue(command: list[str], run: Path, max_steps: int, env: dict) -> int:
+    """After a run stopped by SIGTERM: it exited 143 having saved ``last.ckpt`` mid-way; the
+    same command, relaunched as a requeued job (SLURM_RESTART_COUNT=1), resumes from it and
+    finishes; its curve has one row per step, none missing, none twice. Returns the stop's
+    step."""
+    stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < stopped_at < max_steps
+    again = subprocess.run(
+        command,
+        cwd=run.parent,
+        capture_output=True,
+        text=True,
+        env={**env, "SLURM_RESTART_COUNT": "1"},
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == max_steps
+    steps = csv_train_steps(run)
+    missing = sorted(set(range(max_steps)) - set(steps))
+    repeated = sorted({step for step in steps if steps.count(step) > 1})
+    assert steps == list(range(max_steps)), (
+        f"stopped at step {stopped_at}: rows missing {missing}, repeated {repeated}, "
+        f"out of range {sorted(set(steps) - set(range(max_steps)))}"
+    )
+    return stopped_at
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
+    """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) from outside,
+    at whatever point training has reached a second after the first checkpoint, then the same
+    command again with SLURM_RESTART_COUNT set. (That the W&B run is continued is tested in
+    tests/test_sweeps.py.)"""
+    run = tmp_path / "run"
+    command = requeue_command(run, 200)
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -267,21 +300,58 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 143
-    stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < stopped_at < 400
-    env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
-    again = subprocess.run(
+    check_requeue(command, run, 200, dict(os.environ))
+
+
+class TerminateAt(L.Callback):
+    """Sends its own process SIGTERM, as a scheduler would, in a run that did not resume: at
+    the end of the training batch (``after="batch"``) or of the validation (``"validation"``)
+    where the optimizer has made ``step`` steps."""
+
+    def __init__(self, step: int, after: str):
+        self.step, self.after = step, after
+
+    def _stop(self, trainer: L.Trainer, point: str) -> None:
+        if trainer.ckpt_path is None and point == self.after and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_) -> None:
+        self._stop(trainer, "batch")
+
+    def on_validation_end(self, trainer: L.Trainer, *_) -> None:
+        self._stop(trainer, "validation")
+
+
+@pytest.mark.parametrize(
+    ("after", "step"),
+    [
+        ("batch", 6),  # mid-epoch (4 batches an epoch)
+        ("batch", 8),  # the last batch of an epoch: its validation still runs before the stop
+        ("validation", 8),  # during the validation at the end of an epoch
+    ],
+)
+def test_a_requeued_job_logs_every_step_once_wherever_it_stopped(tmp_path, after, step):
+    """Each point where a stop can land, reached exactly, then the requeue. A stop at the end
+    of an epoch (after its validation) resumed with Lightning's row counter one step ahead: the
+    curve skipped the stop's step and ended one past the last (rows 0-7, 9-16 for both stops at
+    step 8, before `SaveOnTerminate` kept the next row's step in the checkpoint); the test
+    of the stop sent from outside failed whenever the signal landed there."""
+    run = tmp_path / "run"
+    command = requeue_command(
+        run,
+        16,
+        "+teacher.callbacks.stop._target_=tests.test_reliability.TerminateAt",
+        f"+teacher.callbacks.stop.step={step}",
+        f"+teacher.callbacks.stop.after={after}",
+    )
+    root = Path(__file__).resolve().parents[1]  # tests.test_reliability, importable
+    path = [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    first = subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
     )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == 400
-    steps = csv_train_steps(run)
-    assert steps == sorted(set(steps)), "a step was logged twice"
-    # every step trained once; the one that finished as SIGTERM arrived may have no row (the
-    # loop stops before its metrics are logged), but training resumed right after it
-    missing = set(range(steps[0], steps[-1] + 1)) - set(steps)
-    assert missing <= {stopped_at - 1}, f"steps missing from the curve: {sorted(missing)}"
-    assert steps[-1] == 400 - 1 or steps[-1] == 400
+    assert first.returncode == 143, first.stderr[-3000:]
+    assert check_requeue(command, run, 16, env) == step
 
 
 def test_a_read_only_run_directory_is_one_line(tmp_path):
