@@ -125,6 +125,12 @@ def estimate_pitch(
     times the largest power in the range, so a harmonic stronger than a weak fundamental does
     not win (the lowest peak does), and noise peaks below it do not count. A waveform with no
     peak in range gets its range's largest bin.
+
+    Peaks are chosen on the power spectrum high-passed at ``min_hz`` (a fourth-order weight
+    ``r^4 / (1 + r^4)``, ``r = f / min_hz``: 0.5 at ``min_hz``, 0.94 an octave above): a DC
+    offset or a sub-audio drift, which autoregressive samples accumulate as a random walk whose
+    power falls as 1/f^2, would otherwise leak strong peaks into the low end of the range. The
+    chosen peak is refined on the unweighted spectrum.
     """
     if x.dim() == 3:
         x = x.mean(-2)
@@ -133,12 +139,16 @@ def estimate_pitch(
     n_fft = 1 << max(4 * length - 1, 1).bit_length()
     window = torch.hann_window(length, periodic=False, dtype=x.dtype, device=x.device)
     power = torch.fft.rfft(x * window, n=n_fft).abs().square()
+    ratio = torch.arange(power.shape[-1], dtype=x.dtype, device=x.device) * (
+        sample_rate / n_fft / min_hz
+    )
+    selection = power * ratio**4 / (1 + ratio**4)
     bin_hz = sample_rate / n_fft
     low, high = max(math.ceil(min_hz / bin_hz), 1), min(math.floor(max_hz / bin_hz), n_fft // 2 - 1)
     if low > high:
         raise ValueError(f"no frequency bin in [{min_hz}, {max_hz}] Hz at {sample_rate} Hz")
     # candidates are bins low..high; their neighbours low-1..high+1 decide local maxima
-    band = power[..., low - 1 : high + 2]
+    band = selection[..., low - 1 : high + 2]
     inner = band[..., 1:-1]
     peaks = (inner > band[..., :-2]) & (inner >= band[..., 2:])
     strong = peaks & (inner >= threshold * inner.amax(-1, keepdim=True))
