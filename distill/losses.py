@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from distill.flows import Affine, AutoregressiveLayer, Bijector, Chain, Flow
+from distill.flows import Affine, AutoregressiveLayer, Bijector, Chain, Flow, SequenceFlow
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -322,6 +322,23 @@ LOSSES: dict[str, Loss] = {
     "power": power,
 }
 
+#: The losses that compare spectra rather than densities: not divided per step.
+SPECTRAL = frozenset({"power"})
+
+
+def values_per_sample(student: Flow, context: Tensor | None) -> int:
+    """The values of one sample: ``C * T`` for a sequence flow (T from a local context if
+    there is one, else the flow's length), 1 for a flow over vectors. The objective divides the
+    density terms by it, so that for sequences they are per step: their weights and the
+    learning rate do not depend on the crop length."""
+    if not isinstance(student, SequenceFlow):
+        return 1
+    length = student.length
+    if context is not None and student.hop_length is not None:
+        length = context.shape[-1] * student.hop_length
+    return student.channels * length
+
+
 #: The losses that read a data batch.
 NEEDS_DATA = frozenset({"regression", "power"})
 
@@ -388,6 +405,8 @@ class DistillationObjective(nn.Module):
 
     Conditional flows: the contexts of the batch are the samples' contexts, ``num_samples``
     of them taken in turn from the batch (``context[i % B]``), data rows paired with them.
+    Sequence flows: every density term is per step (divided by the ``C * T`` values of a
+    sequence, `values_per_sample`), the `power` term is not.
     """
 
     def __init__(
@@ -440,11 +459,13 @@ class DistillationObjective(nn.Module):
         return (data[rows] if data is not None else None), context[rows]
 
     def evaluate(
-        self, loss: Loss, student: Flow, teacher: Flow, context: Tensor | None = None
+        self, name: str, student: Flow, teacher: Flow, context: Tensor | None = None
     ) -> Tensor:
-        """One loss of `LOSSES` on ``num_samples`` samples (with the batch's ``context``)."""
+        """The loss ``name`` of `LOSSES` on ``num_samples`` samples (with the batch's
+        ``context``): per-sample terms, per step for sequences (`values_per_sample`)."""
         _, context = self._paired(None, context)
-        return loss(student, teacher, self.num_samples, None, context)
+        terms = LOSSES[name](student, teacher, self.num_samples, None, context)
+        return terms / values_per_sample(student, context)
 
     def weights(self, progress: float | None = None) -> dict[str, float]:
         """Each term's weight at ``progress`` in [0, 1] (None: the final weights)."""
@@ -467,6 +488,7 @@ class DistillationObjective(nn.Module):
         a batch in the flows' space, for the terms that read one; ``context``: the batch's
         contexts ``(B, ...)`` for conditional flows."""
         data, context = self._paired(data, context)
+        values = values_per_sample(student, context)
         total, parts = 0.0, {}
         for name, weight in self.weights(progress).items():
             if weight == 0:
@@ -474,6 +496,8 @@ class DistillationObjective(nn.Module):
             per_sample = LOSSES[name](
                 student, teacher, self.num_samples, data, context, **self.term_options.get(name, {})
             )
+            if name not in SPECTRAL:
+                per_sample = per_sample / values
             parts[name] = per_sample.detach().mean()
             value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample
             total = total + weight * value.mean()

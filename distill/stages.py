@@ -101,7 +101,8 @@ def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
     trainer, loggers, module, metrics = fit(cfg, "teacher", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
     if trainer.is_global_zero and isinstance(module.flow, SequenceFlow):
-        sequence_metrics, samples = evaluate_sequence_teacher(module.flow, datamodule)
+        teacher = in_data_space(module.flow, module.preprocessing)
+        sequence_metrics, samples = evaluate_sequence_teacher(teacher, datamodule)
         metrics.update(sequence_metrics)
         metrics["teacher/parameters"] = parameter_count(module.flow)
         _sequence_outputs(result, samples, datamodule.sample_rate, metrics, stage_dir)
@@ -216,8 +217,8 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
     if trainer.is_global_zero and isinstance(module.teacher, SequenceFlow):
         evaluation = stage.evaluation
         sequence_metrics, samples = evaluate_sequence_distillation(
-            module.inference_student,
-            module.teacher,
+            in_data_space(module.inference_student, module.preprocessing),
+            in_data_space(module.teacher, module.preprocessing),
             datamodule,
             num_kl_samples=evaluation.num_kl_samples,
             num_nll_sequences=evaluation.num_nll_sequences,

@@ -61,7 +61,9 @@ def test_notes_attributes_and_batches(conditioning, context_shape):
     )
     assert module.event_shape == (1, 2048) and module.context_shape == context_shape
     assert module.features is None and module.image_shape is None and not module.bits_per_dim
-    assert module.preprocessing is None and module.preprocessing_config is None
+    assert module.preprocessing_config == {"channels": 1}
+    standardized, _ = module.preprocessing.inverse(module.train_data)  # data -> model space
+    assert abs(standardized.mean().item()) < 1e-4 and abs(standardized.std().item() - 1) < 1e-3
     assert module.entropy is None and module.in_support(module.test_data) is None
     assert module.spec == {
         "_target_": "distill.data.build_datamodule",

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data.datamodule import DensityDataModule, split_rng
+from distill.data.preprocessing import fit_sequence_preprocessing
 from distill.data.validation import split_sizes
 from distill.spectral import log_mel_spectrogram, read_wav
 
@@ -57,12 +58,14 @@ class SequenceDataModule(DensityDataModule):
     ``sample_rate`` (Hz), ``length`` (T), ``channels`` (1), ``event_shape`` ``(C, T)``,
     ``conditioning`` (a key of `CONDITIONINGS` the module supports), ``context_shape`` (None,
     ``(G,)`` or ``(L, T // hop_length)``), ``hop_length``, ``batch_size``, ``num_workers``;
-    ``features``, ``image_shape``, ``preprocessing``, ``preprocessing_config`` and ``entropy``
-    are None and ``bits_per_dim`` False (nothing matrix-specific applies).
+    ``features``, ``image_shape`` and ``entropy`` are None and ``bits_per_dim`` False (nothing
+    matrix-specific applies); ``preprocessing_config`` builds a per-channel standardization
+    of sequences (`distill.flows.StandardizeSequence`).
 
     After ``setup()``: ``train_data``, ``val_data``, ``test_data`` ``(N, C, T)`` float32 and,
     when conditional, ``train_context``, ``val_context``, ``test_context``
-    ``(N, *context_shape)``, all checked finite.
+    ``(N, *context_shape)``, all checked finite; ``preprocessing``, the standardization fitted
+    to the train split.
 
     Subclasses set ``name``, ``conditionings`` and ``context_features`` (G or L) and implement
     ``_sequence_splits``; ``_train_dataset`` defaults to the rows of the train split.
@@ -125,9 +128,10 @@ class SequenceDataModule(DensityDataModule):
         return (self.context_features, self.length // self.hop_length)
 
     @property
-    def preprocessing_config(self) -> None:
-        """None: sequences have no fitted preprocessing."""
-        return None
+    def preprocessing_config(self) -> dict:
+        """Plain arguments of `distill.flows.build_preprocessing`: a per-channel
+        standardization of sequences (`StandardizeSequence`), fitted in ``setup``."""
+        return {"channels": self.channels}
 
     def _sequence_splits(self) -> list[tuple[Tensor, Tensor | None]]:
         """``(data (N, C, T), context (N, *context_shape) or None)`` of train, val and test."""
@@ -174,6 +178,7 @@ class SequenceDataModule(DensityDataModule):
             )
         (self.train_data, self.train_context), (self.val_data, self.val_context) = splits[:2]
         self.test_data, self.test_context = splits[2]
+        self.preprocessing = fit_sequence_preprocessing(self.train_data)
 
     def _train_dataset(self) -> Dataset:
         return Sequences(self.train_data, self.train_context)

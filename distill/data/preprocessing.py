@@ -26,6 +26,27 @@ def fit_standardize(standardize: Standardize, x: Tensor) -> Standardize:
     return standardize
 
 
+@torch.no_grad()
+def fit_sequence_preprocessing(data: Tensor) -> Chain:
+    """``Chain([StandardizeSequence(C)])`` (`distill.flows`) fitted to sequences ``data``
+    ``(N, C, T)``: each channel's mean and standard deviation over all its values, so the model
+    space has zero mean and unit variance per channel. A silent channel is an error (it has no
+    density)."""
+    chain = build_preprocessing(channels=data.shape[1])
+    (standardize,) = chain.bijectors
+    values = data.double().transpose(0, 1).flatten(1)  # (C, N * T)
+    std = values.std(1)
+    silent = torch.nonzero(std == 0).flatten().tolist()
+    if silent:
+        raise ValueError(
+            f"channel(s) {silent} of the training sequences are constant: a constant channel "
+            "has no density; drop it or check the data"
+        )
+    standardize.mean.copy_(values.mean(1, keepdim=True))
+    standardize.std.copy_(std[:, None])
+    return chain
+
+
 def fit_preprocessing(
     data: Tensor, features: int, logit_upper: float | None = None, logit_alpha: float = 0.05
 ) -> Chain:

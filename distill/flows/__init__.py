@@ -40,11 +40,17 @@ from distill.flows.distribution import (
 from distill.flows.made import MADE
 from distill.flows.normalization import ActNorm, BatchNorm
 from distill.flows.permutation import Permute, RandomPermute, Reverse
-from distill.flows.preprocessing import Logit, Standardize, build_preprocessing
+from distill.flows.preprocessing import (
+    Logit,
+    Standardize,
+    StandardizeSequence,
+    build_preprocessing,
+)
 from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline, Shift
 from distill.flows.wavenet import WaveNet
 
 __all__ = [
+    "StandardizeSequence",
     "build_wavenet_maf",
     "build_wavenet_iaf",
     "build_wavenet_flow",

@@ -189,7 +189,13 @@ class SequenceFlow(Flow):
 def in_data_space(flow: Flow, preprocessing: Bijector | None) -> Flow:
     """The distribution of ``preprocessing.forward(x)``, ``x ~ flow``: a flow fitted in the
     preprocessed (model) space, seen in the data's own space (the preprocessing's log-det
-    included in ``log_prob``; samples mapped to data space). Shares ``flow``'s modules."""
+    included in ``log_prob``; samples mapped to data space). Shares ``flow``'s modules; a
+    `SequenceFlow` stays one."""
     if preprocessing is None:
         return flow
-    return Flow(Chain([flow.bijector, preprocessing]), base=flow.base)
+    bijector = Chain([flow.bijector, preprocessing])
+    if isinstance(flow, SequenceFlow):
+        return SequenceFlow(
+            bijector, flow.channels, flow.length, flow.context_event_dims, flow.hop_length
+        )
+    return Flow(bijector, base=flow.base)

@@ -43,6 +43,29 @@ class Standardize(Bijector):
         return (x - self.mean) / self.std, log_det
 
 
+class StandardizeSequence(Bijector):
+    """Per-channel affine ``x = z * std + mean`` over sequences ``(..., C, T)`` (forward, model
+    -> data): one ``mean`` and ``std`` per channel, ``(C, 1)`` buffers shared by every step, the
+    identity until fitted (`distill.data.fit_preprocessing`). Log-det forward
+    ``T * sum(log std)`` for T steps."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("mean", torch.zeros(channels, 1))
+        self.register_buffer("std", torch.ones(channels, 1))
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Model space ``z`` (..., C, T) -> data space (..., C, T)."""
+        log_det = (torch.log(self.std).sum() * z.shape[-1]).expand(z.shape[:-2])
+        return z * self.std + self.mean, log_det
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data space ``x`` (..., C, T) -> model space (..., C, T)."""
+        log_det = (-torch.log(self.std).sum() * x.shape[-1]).expand(x.shape[:-2])
+        return (x - self.mean) / self.std, log_det
+
+
 class Logit(Bijector):
     """Maps data in ``[0, upper]`` to R (inverse) and back (forward), elementwise:
 
@@ -80,12 +103,25 @@ class Logit(Bijector):
 
 
 def build_preprocessing(
-    features: int, logit_upper: float | None = None, logit_alpha: float = 0.05
+    features: int | None = None,
+    logit_upper: float | None = None,
+    logit_alpha: float = 0.05,
+    channels: int | None = None,
 ) -> Chain:
     """The structure of a preprocessing bijector, from plain values (statistics unfitted):
     ``Chain([Standardize(features)])``, or ``Chain([Standardize(features), Logit(logit_upper,
     logit_alpha)])`` for data in ``[0, logit_upper]`` (forward: model -> standardized logit
-    space -> data). ``load_state_dict`` of a fitted one restores its statistics."""
+    space -> data); for sequences of ``channels`` channels (instead of ``features``),
+    ``Chain([StandardizeSequence(channels)])``. ``load_state_dict`` of a fitted one restores
+    its statistics."""
+    if (features is None) == (channels is None):
+        raise ValueError(
+            "build_preprocessing needs features (vectors) or channels (sequences), not both"
+        )
+    if channels is not None:
+        if logit_upper is not None:
+            raise ValueError("sequences have no logit preprocessing: remove logit_upper")
+        return Chain([StandardizeSequence(channels)])
     bijectors: list[Bijector] = [Standardize(features)]
     if logit_upper is not None:
         bijectors.append(Logit(logit_upper, logit_alpha))

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from distill.flows import Flow, SequenceFlow, in_data_space
-from distill.losses import DistillationObjective, reverse_kl
+from distill.losses import DistillationObjective
 from distill.models.base import FlowModule, split_batch
 from distill.models.teacher import TeacherModule
 from distill.spec import build_from_spec, plain
@@ -214,11 +214,10 @@ class StudentModule(FlowModule):
         x, context = split_batch(batch)
         kl = parts.get("reverse_kl")
         if kl is None:
-            kl = self.objective.evaluate(reverse_kl, student, self.teacher, context).mean()
-        self.log(f"{stage}/kl", kl, prog_bar=stage == "val", sync_dist=True)
-        if isinstance(student, SequenceFlow):
-            per_step = kl / x.shape[-2:].numel()
-            self.log(f"{stage}/kl_per_step", per_step, prog_bar=stage == "val", sync_dist=True)
+            kl = self.objective.evaluate("reverse_kl", student, self.teacher, context).mean()
+        if isinstance(student, SequenceFlow):  # the objective's terms are per step
+            self.log(f"{stage}/kl_per_step", kl, prog_bar=stage == "val", sync_dist=True)
             return
+        self.log(f"{stage}/kl", kl, prog_bar=stage == "val", sync_dist=True)
         nll = -in_data_space(student, self.preprocessing).log_prob(x, context).mean()
         self.log(f"{stage}/nll", nll, prog_bar=stage == "val", sync_dist=True)

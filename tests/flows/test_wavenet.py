@@ -11,6 +11,7 @@ from distill.flows import (
     InverseAutoregressiveWaveNet,
     MaskedAutoregressiveWaveNet,
     SequenceFlow,
+    StandardizeSequence,
     WaveNet,
     build_wavenet_iaf,
     build_wavenet_maf,
@@ -203,3 +204,17 @@ def test_follows_dtype():
     flow = build_wavenet_iaf(channels=1, length=16, layers_per_flow=[2]).double()
     x, log_q = flow.sample_and_log_prob(2)
     assert x.dtype == torch.float64 and log_q.dtype == torch.float64
+
+
+def test_sequence_standardization_is_invertible_with_exact_log_det():
+    standardize = StandardizeSequence(C).double()
+    with torch.no_grad():
+        standardize.mean.copy_(torch.tensor([[0.3], [-1.0]]))
+        standardize.std.copy_(torch.tensor([[0.2], [1.7]]))
+    z = sequences(3)
+    x, log_det = standardize(z)
+    z_back, log_det_inverse = standardize.inverse(x)
+    torch.testing.assert_close(z_back, z)
+    torch.testing.assert_close(log_det_inverse, -log_det)
+    matrix = jacobian(lambda p: standardize(p.view(1, C, T))[0].reshape(-1), z[0].reshape(-1))
+    torch.testing.assert_close(log_det[0], torch.linalg.slogdet(matrix).logabsdet)
