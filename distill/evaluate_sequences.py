@@ -71,11 +71,16 @@ def kl_per_step(
 
 def spectral_metrics(samples: dict[str, Tensor], data: Tensor) -> dict[str, float]:
     """``{role}/log_spectral_distance``: the RMS difference in dB between the average power
-    spectrum of each role's samples and the data's (0 for the data itself)."""
-    return {
-        f"{role}/log_spectral_distance": spectral.log_spectral_distance(x, data).item()
-        for role, x in samples.items()
-    }
+    spectrum of each role's samples and the data's (about 0 for data rows themselves), and
+    ``{role}/relative_power_db``: the samples' mean power over the data's, in dB (a
+    "whispering" student is well below 0)."""
+    data_power = data.double().square().mean()
+    metrics = {}
+    for role, x in samples.items():
+        metrics[f"{role}/log_spectral_distance"] = spectral.log_spectral_distance(x, data).item()
+        power = x.double().square().mean()
+        metrics[f"{role}/relative_power_db"] = (10 * torch.log10(power / data_power)).item()
+    return metrics
 
 
 def pitch_metrics(

@@ -26,6 +26,11 @@ SIDE_BY_SIDE = [
         "student/log_spectral_distance",
     ),
     (
+        "samples' power over the data's (dB)",
+        "teacher/relative_power_db",
+        "student/relative_power_db",
+    ),
+    (
         "notes within a semitone of the asked pitch",
         "teacher/pitch_within_semitone",
         "student/pitch_within_semitone",
