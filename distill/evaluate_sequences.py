@@ -139,7 +139,9 @@ def sampling_times(
             def sample(count: int) -> Tensor:
                 if ctx is None:
                     return flow.sample((count,), length=length)
-                return flow.sample((), ctx)
+                if hop is not None:  # a local context's frames set the length
+                    return flow.sample((), ctx)
+                return flow.sample((), ctx, length=length)
 
             return sample
 

@@ -126,3 +126,27 @@ def test_local_context_timing_uses_whole_frames():
         teacher, student, 16000, datamodule.test_context, (1,), seconds=0.005, rounds=1
     )
     assert metrics["sampling/seconds_of_audio"] == pytest.approx(64 / 16000)  # 80 -> 2 frames
+
+
+@pytest.mark.parametrize("conditioning", ["none", "pitch", "pitch_track"])
+def test_timing_draws_the_asked_seconds_of_audio(monkeypatch, conditioning):
+    import distill.evaluate_sequences as evaluation
+
+    datamodule = notes(conditioning)
+    shape = {"channels": 1, "length": 128, "residual_channels": 4, "skip_channels": 4}
+    if conditioning == "pitch":
+        shape["global_features"] = 1
+    elif conditioning == "pitch_track":
+        shape.update(local_features=1, hop_length=32)
+    teacher = build_wavenet_maf(layers_per_flow=[1], **shape).eval()
+    student = build_wavenet_iaf(layers_per_flow=[1], **shape).eval()
+    drawn = []
+
+    def record(teacher_sampler, student_sampler, count, rounds):
+        drawn.extend(sampler(count).shape for sampler in (teacher_sampler, student_sampler))
+        return {"sampling/speedup": 1.0}
+
+    monkeypatch.setattr(evaluation, "paired_sampling_times", record)
+    context = getattr(datamodule, "test_context", None)
+    sampling_times(teacher, student, 16000, context, (1, 3), seconds=0.02, rounds=1)
+    assert drawn == [(1, 1, 320)] * 2 + [(3, 1, 320)] * 2  # 0.02 s = 320 steps, 10 frames of 32
