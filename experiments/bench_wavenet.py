@@ -7,16 +7,16 @@ sampling, and Parallel WaveNet students against the cached teacher on one second
 Cases (float32, ``torch.no_grad``, one torch thread by default, weights perturbed away from
 their near-identity initialization; sampling time does not depend on the weights' values):
 
-1. ``cached vs naive``: a WaveNet MAF teacher (one flow of 10 blocks, 32 channels, the
+1. ``cached vs naive``: a WaveNet MAF teacher (one flow of 8 blocks, 64 channels, the
    ``wavenet_maf`` config) drawing 2,000 steps at batch 1 with its fast-WaveNet queues
    (`WaveNet.solve`), against naive sampling that runs the whole WaveNet over the samples drawn
    so far for every step (a pass over t + 1 steps to get step t).
 2. ``student vs teacher``: each student shape drawing one second (16,000 steps) in one parallel
    pass per flow, against the cached teacher, at batch 1 (one utterance: the serving case) and
-   16. Shapes: the ``wavenet_iaf`` default (flows of [6, 6, 6, 6] blocks, 32 channels),
-   Parallel WaveNet's flows of [10, 10, 10, 30] blocks (32 channels here, 64 in the paper) and
-   a small [4, 4, 4, 4] of 16 channels.
-3. ``where the time goes``: the teacher's time per step against its width (16, 32, 64
+   16. Shapes: the ``wavenet_iaf`` default (flows of [6, 6, 6, 6] blocks, 16 channels), the
+   same at 32 channels, and Parallel WaveNet's depths [10, 10, 10, 30] (16 channels here, 64
+   in the paper).
+3. ``where the time goes``: the teacher's time per step against its width (16 to 128
    channels): flat means the step is bound by per-operation overhead (Python and the
    dispatcher: ~7 small products and ~5 elementwise ops per block), not by arithmetic.
 
@@ -40,14 +40,14 @@ from distill.flows import build_wavenet_iaf, build_wavenet_maf
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_RATE = 16_000
-TEACHER = {"layers_per_flow": [10], "residual_channels": 32, "skip_channels": 32}
+TEACHER = {"layers_per_flow": [8], "residual_channels": 64, "skip_channels": 64}
 STUDENTS = {
-    "default [6,6,6,6] x32": {"layers_per_flow": [6, 6, 6, 6], "residual_channels": 32},
-    "Parallel WaveNet [10,10,10,30] x32": {
+    "default [6,6,6,6] x16": {"layers_per_flow": [6, 6, 6, 6], "residual_channels": 16},
+    "[6,6,6,6] x32": {"layers_per_flow": [6, 6, 6, 6], "residual_channels": 32},
+    "Parallel WaveNet's depths [10,10,10,30] x16": {
         "layers_per_flow": [10, 10, 10, 30],
-        "residual_channels": 32,
+        "residual_channels": 16,
     },
-    "small [4,4,4,4] x16": {"layers_per_flow": [4, 4, 4, 4], "residual_channels": 16},
 }
 
 
@@ -136,7 +136,7 @@ def step_cost(steps: int, widths: list[int], repeats: int) -> list[dict]:
             build_wavenet_maf(
                 channels=1,
                 length=steps,
-                layers_per_flow=[10],
+                layers_per_flow=TEACHER["layers_per_flow"],
                 residual_channels=width,
                 skip_channels=width,
             )
@@ -207,7 +207,7 @@ def main() -> None:
     }
     print(json.dumps(results["cached_vs_naive"]))
     results["students_vs_teacher"] = students_vs_teacher(seconds, batches, rounds)
-    results["step_cost"] = step_cost(steps, [16, 32, 64], repeats)
+    results["step_cost"] = step_cost(steps, [16, 32, 64, 128], repeats)
     print(json.dumps(results["step_cost"]))
     if args.quick:
         return
