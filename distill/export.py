@@ -30,7 +30,7 @@ from torch import Tensor, fx, nn
 from torch.export.graph_signature import InputKind, OutputKind
 
 import distill
-from distill.flows import Bijector, Flow, in_data_space
+from distill.flows import Bijector, Flow, SequenceFlow, in_data_space
 
 FORMATS = ("pt2", "onnx")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -239,6 +239,12 @@ def export_sampler(
     ``provenance`` (the checkpoint, the config). Returns that description."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if isinstance(flow, SequenceFlow):
+        raise ValueError(
+            "distill-export ships students over vectors; a WaveNet student over sequences is "
+            "not exported yet: sample it with StudentModule.load_from_checkpoint(CKPT)(n, "
+            "context), which needs distill"
+        )
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if format == "onnx":

@@ -284,3 +284,12 @@ def test_onnx_export_runs_in_onnx_runtime(checkpoints, tmp_path):
         # another runtime's float32 kernels (exp, softmax, ...): relative 1e-5
         expected = module_samples(module, count, seed=count)
         torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_sequence_student_is_refused_with_what_to_do_instead(tmp_path):
+    from distill.export import export_sampler
+    from distill.flows import build_wavenet_iaf
+
+    student = build_wavenet_iaf(channels=1, length=16, layers_per_flow=[1])
+    with pytest.raises(ValueError, match="WaveNet student over sequences is not exported yet"):
+        export_sampler(student, None, tmp_path / "student.pt2")
