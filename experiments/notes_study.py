@@ -47,12 +47,12 @@ STUDY = {
         "distill-student",
         ["experiment=notes", "loss@student.loss=clarinet", f"teacher.ckpt={TEACHER}"],
     ),
-    "reverse-kl": (
+    "reverse-kl": (  # the experiment's power term joins the loss file's terms
         "distill-student",
         [
             "experiment=notes",
-            "student.loss.terms={reverse_kl:1.0,power:1.0}",
-            "student.loss.draws_per_step=null",
+            "loss@student.loss=reverse_kl",
+            "student.loss.num_samples=16",
             f"teacher.ckpt={TEACHER}",
         ],
     ),
