@@ -27,6 +27,11 @@ behaviour:
   power spectra of student samples and of data (paired by context when conditional); without
   it, students of audio "whisper".
 
+One step, one draw: every loss takes an optional ``draw`` (`StudentDraw`), the step's samples
+x ~ q with their log-density and, for the per-step losses, each layer's parameters; the
+objective makes one and passes it to every term, so the student runs once a step whatever the
+terms (without one, a loss draws its own).
+
 Gradients: the teacher's parameters are frozen by the caller, but its computation stays on
 the autograd tape: d log p(x) / dx is what pulls the student's samples.
 """
@@ -55,10 +60,11 @@ def reverse_kl(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """Monte Carlo KL(q || p) terms ``log q(x) - log p(x)``, ``x ~ q``: ``(num_samples,)``."""
-    x, log_q = student.sample_and_log_prob(_sample_shape(num_samples, context), context)
-    return log_q - teacher.log_prob(x, context)
+    draw = draw or StudentDraw(student, teacher, num_samples, context)
+    return draw.log_q - teacher.log_prob(draw.x, context)
 
 
 def forward_kl(
@@ -67,9 +73,11 @@ def forward_kl(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
-    teacher's samples; the student learns by maximum likelihood on them)."""
+    teacher's samples; the student learns by maximum likelihood on them; ``draw`` is unused:
+    the samples are the teacher's)."""
     with torch.no_grad():
         x = teacher.sample(_sample_shape(num_samples, context), context)
         log_p = teacher.log_prob(x, context)
@@ -82,10 +90,11 @@ def regression(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """Squared error ``|student.forward(u) - x|^2`` per point of the data batch ``data``,
     ``u = teacher.inverse(x)``: the student learns the teacher's noise -> data map on
-    the data's latents (``num_samples`` is unused: the batch is the sample)."""
+    the data's latents (``num_samples`` and ``draw`` are unused: the batch is the sample)."""
     if data is None:
         raise ValueError("the regression loss needs a data batch")
     with torch.no_grad():
@@ -100,6 +109,7 @@ def power(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """Parallel WaveNet's power loss on sequences ``(..., C, T)``: the squared distance
     between the average power spectra (`distill.spectral.power_loss`) of student samples and
@@ -109,7 +119,7 @@ def power(
 
     if data is None:
         raise ValueError("the power loss needs a data batch")
-    x = student.rsample(_sample_shape(num_samples, context), context)
+    x = (draw or StudentDraw(student, teacher, num_samples, context)).x
     return power_loss(x, data, paired=context is not None).expand(x.shape[0])
 
 
@@ -124,11 +134,10 @@ def _per_sample(elementwise: Tensor, event_dims: int) -> Tensor:
 
 
 def _autoregressive_layers(
-    flow: Flow, role: str, parallel_forward: bool, affine: bool
+    flow: Flow, role: str, parallel_forward: bool
 ) -> list[AutoregressiveLayer]:
     """The flow's layers, checked to be autoregressive (IAF layers for the student, MAF layers
-    for the teacher; `Affine` ones if ``affine``) sharing one ordering; else a ValueError
-    naming why."""
+    for the teacher) with nothing in between; else a ValueError naming why."""
     layers: list[Bijector] = (
         list(flow.bijector.bijectors) if isinstance(flow.bijector, Chain) else [flow.bijector]
     )
@@ -138,17 +147,6 @@ def _autoregressive_layers(
         else "MaskedAutoregressiveAffine (MAF)"
     )
     for layer in layers:
-        if (
-            affine
-            and isinstance(layer, AutoregressiveLayer)
-            and not isinstance(layer.transform, Affine)
-        ):
-            raise ValueError(
-                f"reverse_kl_closed_form needs affine layers, whose conditionals are Gaussian, "
-                f"but the {role} has {type(layer).__name__} layers with a "
-                f"{type(layer.transform).__name__} transform, whose are not. Use affine "
-                "flows (transform: affine) or loss=reverse_kl"
-            )
         if (
             not isinstance(layer, AutoregressiveLayer)
             or layer.conditioner_reads_data == parallel_forward
@@ -160,6 +158,18 @@ def _autoregressive_layers(
                 "maf_fixed_order flow@student.flow=iaf_fixed_order), or loss=reverse_kl"
             )
     return layers
+
+
+def _check_affine(layers: list[AutoregressiveLayer], role: str) -> None:
+    """The closed form needs Gaussian conditionals: affine layers only."""
+    for layer in layers:
+        if not isinstance(layer.transform, Affine):
+            raise ValueError(
+                f"reverse_kl_closed_form needs affine layers, whose conditionals are Gaussian, "
+                f"but the {role} has {type(layer).__name__} layers with a "
+                f"{type(layer.transform).__name__} transform, whose are not. Use affine "
+                "flows (transform: affine) or loss=reverse_kl"
+            )
 
 
 def _shared_order(*stacks: list[AutoregressiveLayer]) -> None:
@@ -176,38 +186,106 @@ def _shared_order(*stacks: list[AutoregressiveLayer]) -> None:
         )
 
 
-def _step_parameters(
-    student: Flow, teacher: Flow, num_samples: int, context: Tensor | None, affine: bool
-) -> tuple[list[AutoregressiveLayer], list[Tensor], list[AutoregressiveLayer], list[Tensor]]:
-    """Sample x ~ q and return, for each layer, the parameters of its elementwise transform
-    at x: ``(student_layers, student_params, teacher_layers, teacher_params)``, the teacher's
-    layers (and their parameters) from its last to its first (its inverse's order, data ->
-    noise).
+class StudentDraw:
+    """The student's samples x ~ q for one training step, drawn once and shared by every term
+    that reads them: an objective of per-step KL plus the power loss runs the student once a
+    step, not once per term.
 
-    At step i, every layer's parameters depend only on the steps < i of x (of the noise u for
-    the student, which is the same information), so they are those of the conditionals
-    ``q(x_i | x_<i)`` and ``p(x_i | x_<i)``: the per-step losses reuse them for other values
-    of x_i."""
-    student_layers = _autoregressive_layers(student, "student", True, affine)
-    teacher_layers = _autoregressive_layers(teacher, "teacher", False, affine)
-    _shared_order(student_layers, teacher_layers)
-    h = student.noise(_sample_shape(num_samples, context), context)
-    student_params = []
-    for layer in student_layers:
-        params = layer.params(h, context)
-        h, _ = layer.transform.forward(h, params)
-        student_params.append(params)
-    teacher_layers = teacher_layers[::-1]
-    teacher_params = []
-    for layer in teacher_layers:
-        params = layer.params(h, context)
-        h, _ = layer.transform.inverse(h, params)
-        teacher_params.append(params)
-    return student_layers, student_params, teacher_layers, teacher_params
+    Lazy: nothing runs until a term reads `x`, `log_q` or `step_parameters`. With
+    ``per_layer`` (set when a per-step term will read this draw) the student runs layer by
+    layer, keeping each layer's transform parameters, and `x` / `log_q` come from that same
+    pass; otherwise from one `Flow.sample_and_log_prob`.
+
+    Args:
+        student, teacher: the flows (model space).
+        num_samples: samples to draw, or, with a ``context``, ignored: one sample per row.
+        context: the samples' contexts ``(N, ...)``, or None.
+        per_layer: keep the student's per-layer parameters (the student must then be a stack
+            of IAF layers).
+    """
+
+    def __init__(
+        self,
+        student: Flow,
+        teacher: Flow,
+        num_samples: int,
+        context: Tensor | None = None,
+        per_layer: bool = False,
+    ):
+        self.student, self.teacher, self.context = student, teacher, context
+        self.sample_shape = _sample_shape(num_samples, context)
+        self.per_layer = per_layer
+        self._sample: tuple[Tensor, Tensor] | None = None
+        self._student_steps: tuple[list[AutoregressiveLayer], list[Tensor]] | None = None
+        self._teacher_steps: tuple[list[AutoregressiveLayer], list[Tensor]] | None = None
+
+    @property
+    def x(self) -> Tensor:
+        """The samples, ``sample_shape + context batch + event``; differentiable."""
+        return self._draw()[0]
+
+    @property
+    def log_q(self) -> Tensor:
+        """log q(x) of the samples from the cached noise (no inverse pass)."""
+        return self._draw()[1]
+
+    def _draw(self) -> tuple[Tensor, Tensor]:
+        if self._sample is None:
+            if self.per_layer:
+                self._run_layers()
+            else:
+                self._sample = self.student.sample_and_log_prob(self.sample_shape, self.context)
+        assert self._sample is not None
+        return self._sample
+
+    def _run_layers(self) -> None:
+        """The student's forward pass layer by layer, keeping each layer's parameters."""
+        layers = _autoregressive_layers(self.student, "student", parallel_forward=True)
+        noise = self.student.noise(self.sample_shape, self.context)
+        h, log_det, params = noise, 0.0, []
+        for layer in layers:
+            params.append(layer.params(h, self.context))
+            h, layer_log_det = layer.transform.forward(h, params[-1])
+            log_det = log_det + layer_log_det
+        event_dims = _event_dims(self.student)
+        self._sample = (h, self.student.base.log_prob(noise) - _per_sample(log_det, event_dims))
+        self._student_steps = (layers, params)
+
+    def step_parameters(
+        self,
+    ) -> tuple[list[AutoregressiveLayer], list[Tensor], list[AutoregressiveLayer], list[Tensor]]:
+        """For each layer, the parameters of its elementwise transform at x:
+        ``(student_layers, student_params, teacher_layers, teacher_params)``, the teacher's
+        layers (and their parameters) from its last to its first (its inverse's order, data ->
+        noise).
+
+        At step i, every layer's parameters depend only on the steps < i of x (of the noise u
+        for the student, which is the same information), so they are those of the
+        conditionals ``q(x_i | x_<i)`` and ``p(x_i | x_<i)``: the per-step losses reuse them
+        for other values of x_i."""
+        if not self.per_layer:
+            raise ValueError("this draw was made without per_layer=True: it kept no parameters")
+        if self._student_steps is None:
+            self._run_layers()
+        assert self._student_steps is not None and self._sample is not None
+        student_layers, student_params = self._student_steps
+        if self._teacher_steps is None:
+            layers = _autoregressive_layers(self.teacher, "teacher", parallel_forward=False)
+            _shared_order(student_layers, layers)
+            h, params = self._sample[0], []
+            for layer in layers[::-1]:
+                params.append(layer.params(h, self.context))
+                h, _ = layer.transform.inverse(h, params[-1])
+            self._teacher_steps = (layers[::-1], params)
+        return student_layers, student_params, *self._teacher_steps
 
 
 def gaussian_conditionals(
-    student: Flow, teacher: Flow, num_samples: int, context: Tensor | None = None
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sample x ~ q and return the exact Gaussian conditionals of both flows at x:
     ``(mean_q, log_std_q, mean_p, log_std_p)``, each of x's shape, where
@@ -219,9 +297,10 @@ def gaussian_conditionals(
     u_<i, i.e. of x_<i. Teacher (MAF layers, data -> noise): ``h -> (h - m) * exp(-a)``, so
     ``u_i = A_i * x_i + B_i`` and p(x_i | x_<i) = N(-B_i / A_i, A_i^-2).
     """
-    student_layers, student_params, teacher_layers, teacher_params = _step_parameters(
-        student, teacher, num_samples, context, affine=True
-    )
+    draw = draw or StudentDraw(student, teacher, num_samples, context, per_layer=True)
+    student_layers, student_params, teacher_layers, teacher_params = draw.step_parameters()
+    _check_affine(student_layers, "student")
+    _check_affine(teacher_layers, "teacher")
     mean_q: Tensor | float = 0.0
     log_std_q: Tensor | float = 0.0
     for layer, params in zip(student_layers, student_params, strict=True):
@@ -243,11 +322,12 @@ def reverse_kl_closed_form(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """ClariNet's KL(q || p): ``sum_i KL(q(x_i | x_<i) || p(x_i | x_<i))`` in closed form at
     x ~ q (`gaussian_conditionals`): ``(num_samples,)``."""
     mean_q, log_std_q, mean_p, log_std_p = gaussian_conditionals(
-        student, teacher, num_samples, context
+        student, teacher, num_samples, context, draw
     )
     log_ratio = log_std_q - log_std_p
     kl = (
@@ -264,10 +344,11 @@ def log_std_regularizer(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
 ) -> Tensor:
     """ClariNet's regularizer ``sum_i (log std_q_i - log std_p_i)^2`` at x ~ q, which keeps the
     conditionals' scales matched early in training: ``(num_samples,)``."""
-    _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples, context)
+    _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples, context, draw)
     return _per_sample((log_std_q - log_std_p).square(), _event_dims(student))
 
 
@@ -277,6 +358,7 @@ def reverse_kl_per_step(
     num_samples: int,
     data: Tensor | None = None,
     context: Tensor | None = None,
+    draw: StudentDraw | None = None,
     draws: int = 4,
 ) -> Tensor:
     """``sum_i KL(q(x_i | x_<i) || p(x_i | x_<i))`` at x ~ q, each inner KL estimated from
@@ -284,13 +366,13 @@ def reverse_kl_per_step(
     x_t per step"): ``(num_samples,)``.
 
     Unbiased for the KL, as `reverse_kl`, with lower variance: the draws share x_<i and its
-    network passes (`_step_parameters`); each extra draw costs only the elementwise transforms
-    of every layer. For affine stacks `reverse_kl_closed_form` is the limit of many draws."""
+    network passes (`StudentDraw.step_parameters`); each extra draw costs only the elementwise
+    transforms of every layer. For affine stacks `reverse_kl_closed_form` is the limit of many
+    draws."""
     if draws < 1:
         raise ValueError(f"loss.draws_per_step must be >= 1, got {draws}")
-    student_layers, student_params, teacher_layers, teacher_params = _step_parameters(
-        student, teacher, num_samples, context, affine=False
-    )
+    draw = draw or StudentDraw(student, teacher, num_samples, context, per_layer=True)
+    student_layers, student_params, teacher_layers, teacher_params = draw.step_parameters()
     noise = torch.randn(
         (draws, *student_params[0].shape[:-1]),
         dtype=student_params[0].dtype,
@@ -338,6 +420,9 @@ def values_per_sample(student: Flow, context: Tensor | None) -> int:
         length = context.shape[-1] * student.hop_length
     return student.channels * length
 
+
+#: The losses that read the student's per-layer parameters (`StudentDraw.step_parameters`).
+PER_LAYER = frozenset({"reverse_kl_per_step", "reverse_kl_closed_form", "log_std_regularizer"})
 
 #: The losses that read a data batch.
 NEEDS_DATA = frozenset({"regression", "power"})
@@ -486,15 +571,24 @@ class DistillationObjective(nn.Module):
         """Returns the scalar objective at ``progress``, the fraction of training done (None:
         with the final weights), and the mean of each term computed (for logging). ``data``:
         a batch in the flows' space, for the terms that read one; ``context``: the batch's
-        contexts ``(B, ...)`` for conditional flows."""
+        contexts ``(B, ...)`` for conditional flows. The terms share one draw of the student's
+        samples (`StudentDraw`)."""
         data, context = self._paired(data, context)
         values = values_per_sample(student, context)
+        weights = {name: weight for name, weight in self.weights(progress).items() if weight}
+        draw = StudentDraw(
+            student, teacher, self.num_samples, context, per_layer=not PER_LAYER.isdisjoint(weights)
+        )
         total, parts = 0.0, {}
-        for name, weight in self.weights(progress).items():
-            if weight == 0:
-                continue
+        for name, weight in weights.items():
             per_sample = LOSSES[name](
-                student, teacher, self.num_samples, data, context, **self.term_options.get(name, {})
+                student,
+                teacher,
+                self.num_samples,
+                data,
+                context,
+                draw=draw,
+                **self.term_options.get(name, {}),
             )
             if name not in SPECTRAL:
                 per_sample = per_sample / values

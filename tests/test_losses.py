@@ -18,6 +18,7 @@ from distill.flows import (
 from distill.losses import (
     LOSSES,
     DistillationObjective,
+    StudentDraw,
     forward_kl,
     gaussian_conditionals,
     log_std_regularizer,
@@ -301,3 +302,41 @@ def test_power_term_is_not_divided_per_step_and_pulls_the_student():
     power_alone = LOSSES["power"](student, teacher, 3, data, context)
     power_alone.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+@pytest.mark.parametrize("conditioning", [{}, {"global_features": 2}])
+def test_a_per_layer_draw_is_the_flows_own_sample_and_density(conditioning):
+    student, teacher = sequence_pair(**conditioning)
+    context = torch.randn(4, 2, dtype=torch.float64) if conditioning else None
+    torch.manual_seed(5)
+    draw = StudentDraw(student, teacher, 4, context, per_layer=True)
+    x, log_q = draw.x, draw.log_q
+    torch.manual_seed(5)
+    expected_x, expected_log_q = student.sample_and_log_prob(() if conditioning else 4, context)
+    torch.testing.assert_close(x, expected_x)
+    torch.testing.assert_close(log_q, expected_log_q)
+    torch.testing.assert_close(log_q, student.log_prob(x, context))
+
+
+def test_the_objective_runs_the_student_once_a_step_whatever_its_terms():
+    student, teacher = sequence_pair(global_features=2)
+    calls = []
+    first_convolution = student.bijector.bijectors[0].conditioner.front
+    first_convolution.register_forward_hook(lambda *_: calls.append(1))
+    terms = {"reverse_kl_per_step": 1.0, "reverse_kl": 1.0, "power": 0.5}
+    objective = DistillationObjective(terms, num_samples=3)
+    data = torch.randn(3, 2, 8, dtype=torch.float64)
+    context = torch.randn(3, 2, dtype=torch.float64)
+    total, parts = objective(student, teacher, data, context=context)
+    assert set(parts) == set(terms) and torch.isfinite(total)
+    assert len(calls) == 1
+    calls.clear()
+    LOSSES["reverse_kl"](student, teacher, 3, None, context)
+    LOSSES["power"](student, teacher, 3, data, context)
+    assert len(calls) == 2  # without the objective's shared draw, each term draws its own
+
+
+def test_a_draw_without_per_layer_keeps_no_parameters():
+    student, teacher = sequence_pair()
+    with pytest.raises(ValueError, match="per_layer=True"):
+        StudentDraw(student, teacher, 2).step_parameters()
