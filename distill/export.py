@@ -1,6 +1,9 @@
 """A trained flow shipped as a standalone sampler: a `torch.export` program (``.pt2``) or an ONNX
-model that maps standard normal noise ``(N, D)`` (and a context ``(N, C)`` for a conditional
-flow) to samples ``(N, D)`` in the data's own space, with the batch size N free.
+model that maps standard normal noise to samples of the noise's shape in the data's own space:
+for a flow over vectors, noise ``(N, D)`` (and a context ``(N, C)`` for a conditional flow),
+the batch size N free; for a WaveNet flow over sequences (`SequenceFlow`), noise ``(N, C, T)``
+(and a global context ``(N, G)`` or a local one ``(N, L, T / hop)``), N and the length T free
+(with a local context, T is ``hop`` times the context's frames).
 
 The program is the forward (noise -> data) of ``in_data_space(flow, preprocessing)``: the flow's
 forward, then the fixed preprocessing's forward. It holds its weights as frozen tensors, and
@@ -22,11 +25,13 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.export import Dim
 from torch.export.graph_signature import InputKind, OutputKind
 
 import distill
@@ -34,15 +39,17 @@ from distill.flows import Bijector, Flow, SequenceFlow, in_data_space
 
 FORMATS = ("pt2", "onnx")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-BATCH = "batch"  # the name of the dynamic dimension, in the program and in its JSON
+# the names of the dynamic dimensions, in the program and in its JSON: the batch size N, a
+# sequence's length T and, for a local context, its frames (then T = hop * frames)
+BATCH, LENGTH, FRAMES = "batch", "length", "frames"
 # --format onnx needs these; the extra that installs them (pip install "distill[onnx]")
 ONNX_PACKAGES = ("onnx", "onnxscript")
 ONNX_EXTRA = "onnx"
 
 
 class Sampler(nn.Module):
-    """``noise (N, D)`` [+ ``context (N, C)``] -> ``samples (N, D)``: the forward (noise -> data)
-    of ``bijector``, its log-det dropped."""
+    """``noise`` [+ ``context``] -> ``samples`` of the noise's shape (``(N, D)``, or ``(N, C,
+    T)`` over sequences): the forward (noise -> data) of ``bijector``, its log-det dropped."""
 
     def __init__(self, bijector: Bijector):
         super().__init__()
@@ -56,10 +63,85 @@ def sampler(
     flow: Flow, preprocessing: Bijector | None, dtype: torch.dtype = torch.float32
 ) -> Sampler:
     """A frozen copy (eval mode, no gradients, in ``dtype``) of the data-space forward of
-    ``flow``: noise ``(N, D)`` -> the flow's forward -> the preprocessing's forward -> data
-    ``(N, D)``. The originals are not touched."""
+    ``flow``: noise ``(N, D)`` or ``(N, C, T)`` -> the flow's forward -> the preprocessing's
+    forward -> data of the same shape. The originals are not touched."""
     bijector = copy.deepcopy(in_data_space(flow, preprocessing).bijector)
     return Sampler(bijector).to(dtype).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a sampler takes: its inputs by name in call order (``noise``, then ``context`` if
+    the flow has one), each shape a tuple of fixed sizes (int) and dynamic dims (their names);
+    its samples have the noise's shape. ``dims``: each name's `torch.export.Dim` (a local
+    context's length is derived, ``hop * frames``); ``sizes``: its size in the example inputs
+    export traces with; ``draw``: the noise's draw, for the JSON; ``facts``: what the JSON
+    says of the event and its context."""
+
+    inputs: dict[str, tuple[int | str, ...]]
+    dims: dict[str, Any]
+    sizes: dict[str, int]
+    draw: str
+    facts: dict[str, Any]
+
+    def example(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """Standard normal inputs of the example sizes, in call order."""
+        return tuple(
+            torch.randn(*(self.sizes.get(size, size) for size in shape), dtype=dtype)
+            for shape in self.inputs.values()
+        )
+
+    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        """``torch.export``'s ``dynamic_shapes``: each input's dynamic dims by position."""
+        return tuple(
+            {axis: self.dims[size] for axis, size in enumerate(shape) if isinstance(size, str)}
+            for shape in self.inputs.values()
+        )
+
+
+def sampler_signature(flow: Flow, context_features: int | None = None) -> Signature:
+    """The inputs of ``flow``'s sampler: ``noise (N, D)`` [+ ``context (N, C)``, C =
+    ``context_features``] over vectors; a `SequenceFlow`'s from its WaveNets
+    (`sequence_signature`)."""
+    if isinstance(flow, SequenceFlow):
+        return sequence_signature(flow)
+    inputs: dict[str, tuple[int | str, ...]] = {"noise": (BATCH, flow.features)}
+    if context_features:
+        inputs["context"] = (BATCH, context_features)
+    return Signature(
+        inputs,
+        dims={BATCH: Dim(BATCH, min=1)},
+        sizes={BATCH: 2},
+        draw="torch.randn(N, D)",
+        facts={"features": flow.features, "context_features": context_features},
+    )
+
+
+def sequence_signature(flow: SequenceFlow) -> Signature:
+    """The inputs of the sampler of a WaveNet flow over sequences: ``noise (N, C, T)`` of any
+    length T, traced at the training length, and its context: none, global ``(N, G)``, or
+    local ``(N, L, frames)`` (then T is ``hop * frames``, traced at 3 frames)."""
+    wavenet = flow.bijector.bijectors[0].conditioner  # every layer's is conditioned alike
+    inputs: dict[str, tuple[int | str, ...]] = {"noise": (BATCH, flow.channels, LENGTH)}
+    dims = {BATCH: Dim(BATCH, min=1), LENGTH: Dim(LENGTH, min=1)}
+    sizes = {BATCH: 2, LENGTH: flow.length}
+    context: dict[str, Any] | None = None
+    if wavenet.global_features:
+        inputs["context"] = (BATCH, wavenet.global_features)
+        context = {"kind": "global", "shape": list(inputs["context"])}
+    elif wavenet.local_features:
+        hop = wavenet.hop_length
+        inputs["context"] = (BATCH, wavenet.local_features, FRAMES)
+        dims[FRAMES] = Dim(FRAMES, min=1)
+        dims[LENGTH] = hop * dims[FRAMES]
+        sizes.update({FRAMES: 3, LENGTH: 3 * hop})
+        context = {"kind": "local", "shape": list(inputs["context"]), "hop_length": hop}
+    facts = {
+        "event_shape": {"channels": flow.channels, "length": "dynamic"},
+        "training_length": flow.length,
+        "context": context,
+    }
+    return Signature(inputs, dims, sizes, draw="torch.randn(N, C, T)", facts=facts)
 
 
 def trace_program(
@@ -68,12 +150,14 @@ def trace_program(
     dtype: torch.dtype = torch.float32,
     context_features: int | None = None,
 ) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``sampler(flow, preprocessing, dtype)`` as traced: inputs
-    ``noise (N, D)`` [and ``context (N, C)``], the batch dimension free (named ``BATCH``,
-    N >= 1), the weights read through their module paths."""
-    example = _example_inputs(flow.features, dtype, context_features)
+    """``torch.export`` of ``sampler(flow, preprocessing, dtype)`` as traced: the inputs of
+    ``sampler_signature(flow, context_features)`` with their dynamic dims free (the batch, named
+    ``BATCH``, N >= 1; a sequence's length), the weights read through their module paths."""
+    signature = sampler_signature(flow, context_features)
     return torch.export.export(
-        sampler(flow, preprocessing, dtype), example, dynamic_shapes=_dynamic_shapes(example)
+        sampler(flow, preprocessing, dtype),
+        signature.example(dtype),
+        dynamic_shapes=signature.dynamic_shapes(),
     )
 
 
@@ -86,26 +170,14 @@ def export_program(
     """The program `export_sampler` saves: `trace_program`, frozen (`freeze`) and exported
     again, with the same inputs. Dead code is removed: the flow computes log-dets on its way
     that a sampler never returns."""
-    example = _example_inputs(flow.features, dtype, context_features)
+    signature = sampler_signature(flow, context_features)
     traced = trace_program(flow, preprocessing, dtype, context_features)
-    program = torch.export.export(freeze(traced), example, dynamic_shapes=_dynamic_shapes(example))
+    program = torch.export.export(
+        freeze(traced), signature.example(dtype), dynamic_shapes=signature.dynamic_shapes()
+    )
     program.graph.eliminate_dead_code()
     program.graph_module.recompile()
     return program
-
-
-def _example_inputs(
-    features: int, dtype: torch.dtype, context_features: int | None
-) -> tuple[Tensor, ...]:
-    example = [torch.randn(2, features, dtype=dtype)]
-    if context_features:
-        example.append(torch.randn(2, context_features, dtype=dtype))
-    return tuple(example)
-
-
-def _dynamic_shapes(example: tuple[Tensor, ...]) -> tuple[dict[int, Any], ...]:
-    batch = torch.export.Dim(BATCH, min=1)
-    return tuple({0: batch} for _ in example)
 
 
 def freeze(program: torch.export.ExportedProgram) -> fx.GraphModule:
@@ -210,7 +282,7 @@ def _onnx_searchsorted(
 
 
 def save_onnx(program: torch.export.ExportedProgram, path: Path, input_names: list[str]) -> None:
-    """``program`` as an ONNX model at ``path`` (the batch dimension stays dynamic)."""
+    """``program`` as an ONNX model at ``path`` (its dynamic dimensions stay dynamic)."""
     check_onnx_installed()
     torch.onnx.export(
         program,
@@ -235,16 +307,13 @@ def export_sampler(
     """Write the data-space sampler of ``flow`` (model space) and ``preprocessing`` (model ->
     data) to ``path`` as a ``format`` program ("pt2": `torch.export.save`; "onnx") in
     ``dtype``, and its description to ``<path>.json``: inputs and outputs (shapes with the
-    dynamic dimension named), dtype, features, the noise distribution, versions, and
-    ``provenance`` (the checkpoint, the config). Returns that description."""
+    dynamic dimensions named, and their ranges), dtype, the event (``features``; or
+    ``event_shape``, ``training_length`` and ``context`` over sequences), the noise
+    distribution, versions, and ``provenance`` (the checkpoint, the config). Returns that
+    description. ``context_features``: C of a conditional flow over vectors (a sequence
+    flow's context is read from its WaveNets)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if isinstance(flow, SequenceFlow):
-        raise ValueError(
-            "distill-export ships students over vectors; a WaveNet student over sequences is "
-            "not exported yet: sample it with StudentModule.load_from_checkpoint(CKPT)(n, "
-            "context), which needs distill"
-        )
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     if format == "onnx":
@@ -256,41 +325,37 @@ def export_sampler(
             )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    features = flow.features
+    signature = sampler_signature(flow, context_features)
     program = export_program(flow, preprocessing, DTYPES[dtype], context_features)
-    inputs = [
-        {
-            "name": "noise",
-            "shape": [BATCH, features],
-            "dtype": dtype,
-            "distribution": "standard normal N(0, I): torch.randn(N, D)",
-        }
-    ]
-    if context_features:
-        inputs.append({"name": "context", "shape": [BATCH, context_features], "dtype": dtype})
+    names = list(signature.inputs)
     if format == "pt2":
         torch.export.save(program, path)
-        usage = "torch.export.load(path).module()(noise)"
+        usage = f"torch.export.load(path).module()({', '.join(names)})"
     else:
-        save_onnx(program, path, [spec["name"] for spec in inputs])
-        usage = 'onnxruntime.InferenceSession(path).run(None, {"noise": noise})[0]'
+        save_onnx(program, path, names)
+        feeds = ", ".join(f'"{name}": {name}' for name in names)
+        usage = f"onnxruntime.InferenceSession(path).run(None, {{{feeds}}})[0]"
+    described_inputs = [
+        {"name": name, "shape": list(shape), "dtype": dtype}
+        for name, shape in signature.inputs.items()
+    ]
+    described_inputs[0]["distribution"] = f"standard normal N(0, I): {signature.draw}"
     description = {
         "format": format,
         "file": path.name,
         "usage": usage,
-        "inputs": inputs,
+        "inputs": described_inputs,
         "outputs": [
             {
                 "name": "samples",
-                "shape": [BATCH, features],
+                "shape": list(signature.inputs["noise"]),
                 "dtype": dtype,
                 "space": "data (the flow's forward, then the preprocessing's forward)",
             }
         ],
-        "dynamic_dims": {BATCH: {"min": 1, "max": None}},
+        "dynamic_dims": {name: _dim_range(dim) for name, dim in signature.dims.items()},
         "dtype": dtype,
-        "features": features,
-        "context_features": context_features,
+        **signature.facts,
         "noise": {"distribution": "standard_normal", "mean": 0.0, "std": 1.0},
         "distill_version": distill.__version__,
         "torch_version": torch.__version__,
@@ -298,6 +363,15 @@ def export_sampler(
     }
     metadata_path(path).write_text(json.dumps(description, indent=1) + "\n")
     return description
+
+
+def _dim_range(dim: Any) -> dict[str, Any]:
+    """A dynamic dimension for the JSON: its bounds (max None: unbounded) and, for a derived
+    one, what it equals (``"32*frames"``)."""
+    bounds = {"min": dim.min, "max": dim.max if isinstance(dim.max, int) else None}
+    if hasattr(dim, "root"):
+        bounds["equals"] = dim.__name__
+    return bounds
 
 
 def metadata_path(path: str | os.PathLike) -> Path:

@@ -1,6 +1,7 @@
 """``distill-export CKPT [--format pt2|onnx] [--dtype float32|float64] [--out PATH]``: a trained
-student as a standalone sampler, noise ``(N, D)`` -> samples ``(N, D)`` in the data's space,
-that loads and runs with torch alone (`distill.export`). Not a Hydra app: plain argparse.
+student as a standalone sampler, noise ``(N, D)`` -> samples ``(N, D)`` in the data's space (or
+``(N, C, T)`` for a WaveNet student over sequences, T free), that loads and runs with torch alone
+(`distill.export`). Not a Hydra app: plain argparse.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="distill-export",
         description="Write a trained student as a standalone sampler: a program mapping "
-        "standard normal noise (N, D) to samples (N, D) in the data's own space, loadable "
-        "with torch alone, and a JSON beside it (<out>.json) describing it.",
+        "standard normal noise (N, D), or (N, C, T) over sequences, to samples of its shape in "
+        "the data's own space, loadable with torch alone, and a JSON beside it (<out>.json) "
+        "describing it.",
     )
     parser.add_argument("checkpoint", type=Path, metavar="CKPT", help="a student checkpoint")
     parser.add_argument(
@@ -113,9 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
+    [samples] = description["outputs"]
     print(
-        f"wrote {out} ({args.format}, {args.dtype}, D = {description['features']}, batch "
-        f"dimension free) and {metadata_path(out)}"
+        f"wrote {out} ({args.format}, {args.dtype}, samples {tuple(samples['shape'])}, free: "
+        f"{', '.join(description['dynamic_dims'])}) and {metadata_path(out)}"
     )
     return 0
 

@@ -195,7 +195,9 @@ def in_data_space(flow: Flow, preprocessing: Bijector | None) -> Flow:
         return flow
     bijector = Chain([flow.bijector, preprocessing])
     if isinstance(flow, SequenceFlow):
-        return SequenceFlow(
+        data_flow = SequenceFlow(
             bijector, flow.channels, flow.length, flow.context_event_dims, flow.hop_length
         )
+        data_flow.base = flow.base  # its noise on the flow's device, in its dtype
+        return data_flow
     return Flow(bijector, base=flow.base)

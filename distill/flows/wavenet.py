@@ -177,7 +177,8 @@ class WaveNet(nn.Module):
                     f"(..., {self.global_features})>"
                 )
             return context
-        frames, remainder = divmod(length, self.hop_length)
+        # not divmod: torch.export traces // and % of a symbolic length (distill.export)
+        frames, remainder = length // self.hop_length, length % self.hop_length
         if (
             context is None
             or context.dim() < 2
