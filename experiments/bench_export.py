@@ -4,15 +4,23 @@
                                                     # results/bench_export.json and .md
     OMP_WAIT_POLICY=PASSIVE python experiments/bench_export.py --quick    # smoke test, prints only
 
-The student of the default config (5 IAF layers, MADE 128x128, affine, order reversed between
-layers), its weights perturbed away from the identity, at D = 2 (standardization) and D = 64
-(standardization then logit onto [0, 17], as for digits), float32, one thread. For N = 1 and
-N = 1000 samples in the data's space, three candidates, each drawing its own noise:
+Students, their weights perturbed away from the identity, float32, one thread:
 
-- ``module``: ``in_data_space(student, preprocessing).sample((N,))`` (what the LightningModule
+- over vectors, the student of the default config (5 IAF layers, MADE 128x128, affine, order
+  reversed between layers) at D = 2 (standardization) and D = 64 (standardization then logit
+  onto [0, 17], as for digits), drawing N = 1 and N = 1000 samples;
+- over sequences, the WaveNet IAF student of ``experiment=notes`` (4 flows of 6 blocks of 16
+  channels, its pitch through a 64-wide MLP into the gates: a global context (N, 1); the
+  standardization of the notes) drawing one second of 16 kHz audio, (N, 1, 16000), at N = 1
+  and N = 16, one random pitch per sequence.
+
+In the data's space, three candidates, each drawing its own noise (the context is drawn once):
+
+- ``module``: ``in_data_space(student, preprocessing).sample(...)`` (what the LightningModule
   does; ``Flow.sample`` runs without a graph);
-- ``exported``: ``program(torch.randn(N, D))``, ``program = torch.export.load(path).module()``
-  of the ``.pt2`` that `distill.export.export_sampler` wrote (what a user of the file runs);
+- ``exported``: ``program(torch.randn(N, D))`` (or ``program(torch.randn(N, 1, 16000),
+  context)``), ``program = torch.export.load(path).module()`` of the ``.pt2`` that
+  `distill.export.export_sampler` wrote (what a user of the file runs);
 - ``traced``: the same for the program as ``torch.export`` traced it, before
   `distill.export.freeze` (what distill-export shipped before: the weights fetched through
   their module paths and the MADE masks multiplied into them on every call).
@@ -44,6 +52,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -53,44 +62,110 @@ from bench_flows import (  # noqa: E402  (experiments/ is the script's folder: o
     keep_freed_memory,
     time_interleaved,
 )
+from hydra import compose, initialize_config_module  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from distill.export import export_sampler, trace_program  # noqa: E402
 from distill.flows import Bijector, Flow, build_iaf, build_preprocessing, in_data_space  # noqa: E402
+from distill.spec import build_from_spec  # noqa: E402
 
 NUM_LAYERS = 5
 HIDDEN = (128, 128)
 FEATURES = (2, 64)
 SAMPLES = (1, 1000)
+SAMPLE_RATE = 16_000  # one second of the notes' audio
+SEQUENCES = (1, 16)
 CANDIDATES = ("module", "exported", "traced")
 RATIOS = (("exported", "module"), ("traced", "module"), ("exported", "traced"))
 RESULTS = Path(__file__).parent / "results" / "bench_export.json"
 
 
-def student(features: int) -> tuple[Flow, Bijector]:
+@dataclass(frozen=True)
+class Student:
+    """A student to time: its flow (model space) and preprocessing, the batch sizes N to time,
+    the shape of one sample (``(D,)``, or ``(C, T)`` over sequences) and the features of a
+    global context per sample (None: unconditional)."""
+
+    label: str
+    flow: Flow
+    preprocessing: Bijector
+    counts: tuple[int, ...]
+    event: tuple[int, ...]
+    context_features: int | None = None
+
+    @property
+    def length(self) -> int | None:
+        """T of a sequence student's samples (None over vectors)."""
+        return self.event[-1] if len(self.event) == 2 else None
+
+    def context(self, count: int, dtype: torch.dtype = torch.float32) -> Tensor | None:
+        """A random context ``(N, G)`` for ``count`` samples, or None."""
+        if self.context_features is None:
+            return None
+        return torch.randn(count, self.context_features, dtype=dtype)
+
+    def module_samples(self, flow: Flow, count: int, context: Tensor | None) -> Tensor:
+        """``count`` samples ``(N, *event)`` of ``flow`` (data space), noise drawn inside."""
+        return flow.sample((count,) if context is None else (), context, self.length)
+
+    def program_samples(
+        self, program, count: int, context: Tensor | None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """``count`` samples ``(N, *event)`` of an exported ``program``, noise drawn inside."""
+        noise = torch.randn(count, *self.event, dtype=dtype)
+        return program(noise) if context is None else program(noise, context)
+
+
+def vector_student(features: int) -> Student:
     """The default student's shape with weights perturbed away from the identity, and its
     preprocessing with fitted-looking statistics (logit onto [0, 17] at D = 64)."""
     torch.manual_seed(features)
     flow = build_iaf(features, NUM_LAYERS, HIDDEN, permutation="reverse")
     preprocessing = build_preprocessing(features, logit_upper=17.0 if features > 2 else None)
+    perturb(flow)
     with torch.no_grad():
-        for parameter in flow.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
         standardize = preprocessing.bijectors[0]
         standardize.mean.copy_(torch.randn(features))
         standardize.std.copy_(torch.rand(features) + 0.5)
-    return flow.eval(), preprocessing.eval()
+    return Student(f"D = {features}", flow.eval(), preprocessing.eval(), SAMPLES, (features,))
 
 
-def max_difference(flow: Flow, preprocessing: Bijector, folder: Path, count: int) -> float:
-    """max |exported - module| over ``count`` float64 samples drawn from the same noise."""
+def sequence_student() -> Student:
+    """The WaveNet IAF student of ``experiment=notes`` (pitch: a global context of 1 feature),
+    composed from the configs, weights perturbed; the notes' standardization (std 0.24)."""
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        cfg = compose("student", overrides=["experiment=notes"])
+    torch.manual_seed(0)
+    shape = {"channels": 1, "length": cfg.data.length, "global_features": 1}  # its flow_shape
+    flow = build_from_spec({**cfg.student.flow, **shape}, "student.flow")
+    preprocessing = build_preprocessing(channels=1)
+    perturb(flow)
+    with torch.no_grad():
+        preprocessing.bijectors[0].std.fill_(0.24)
+    label = f"notes, 1 s (1, {SAMPLE_RATE})"
+    return Student(label, flow.eval(), preprocessing.eval(), SEQUENCES, (1, SAMPLE_RATE), 1)
+
+
+@torch.no_grad()
+def perturb(flow: Flow) -> None:
+    """Move the weights away from their near-identity start (the time does not depend on
+    them; the float64 agreement does)."""
+    for parameter in flow.parameters():
+        parameter.add_(0.05 * torch.randn_like(parameter))
+
+
+def max_difference(student: Student, folder: Path) -> float:
+    """max |exported - module| over the largest batch of float64 samples, same noise."""
     path = folder / "float64.pt2"
-    export_sampler(flow, preprocessing, path, dtype="float64")
+    export_sampler(student.flow, student.preprocessing, path, dtype="float64")
     program = torch.export.load(path).module()
-    flow64 = copy.deepcopy(in_data_space(flow, preprocessing)).double()
+    flow64 = copy.deepcopy(in_data_space(student.flow, student.preprocessing)).double()
+    count = max(student.counts)
+    context = student.context(count, torch.float64)
     torch.manual_seed(0)
-    expected = flow64.sample((count,))
+    expected = student.module_samples(flow64, count, context)
     torch.manual_seed(0)
-    got = program(torch.randn(count, flow.features, dtype=torch.float64))
+    got = student.program_samples(program, count, context, torch.float64)
     return (got - expected).abs().max().item()
 
 
@@ -126,48 +201,54 @@ def paired_ratios(timings: dict, numerator: str, denominator: str) -> dict[str, 
     return spread([a / b for a, b in pairs])
 
 
-def bench_dimension(features: int, settings: dict, folder: Path) -> dict:
-    flow, preprocessing = student(features)
-    path = folder / f"student_{features}.pt2"
+def candidates(student: Student, data_flow: Flow, programs: dict, count: int) -> dict:
+    """The calls to time for ``count`` samples: the module and each program, on one context."""
+    context = student.context(count)
+    return {
+        "module": lambda: student.module_samples(data_flow, count, context),
+        **{
+            name: lambda program=program: student.program_samples(program, count, context)
+            for name, program in programs.items()
+        },
+    }
+
+
+def bench_student(student: Student, settings: dict, folder: Path) -> dict:
+    flow, preprocessing = student.flow, student.preprocessing
+    path = folder / "student.pt2"
     start = time.perf_counter()
     export_sampler(flow, preprocessing, path)
     export_s = time.perf_counter() - start
-    traced_path = folder / f"student_{features}_traced.pt2"
+    traced_path = folder / "student_traced.pt2"
     torch.export.save(trace_program(flow, preprocessing), traced_path)
     programs = {
         "exported": torch.export.load(path).module(),
         "traced": torch.export.load(traced_path).module(),
     }
     data_flow = in_data_space(flow, preprocessing)
-    one = torch.randn(1, features)
     result = {
+        "event_shape": list(student.event),
+        "context_features": student.context_features,
         "export_s": round(export_s, 2),
         "program_bytes": path.stat().st_size,
         "traced_program_bytes": traced_path.stat().st_size,
-        "max_abs_difference_float64": max_difference(flow, preprocessing, folder, max(SAMPLES)),
+        "max_abs_difference_float64": max_difference(student, folder),
         "module_getattr_per_call": {
-            "module": attribute_lookups(lambda: data_flow.sample((1,))),
-            **{name: attribute_lookups(lambda p=p: p(one)) for name, p in programs.items()},
+            name: attribute_lookups(call)
+            for name, call in candidates(student, data_flow, programs, 1).items()
         },
         "operations_per_call": {name: operations(p) for name, p in programs.items()},
         "cases": {},
     }
-    for count in SAMPLES:
-        candidates = {
-            "module": lambda count=count: data_flow.sample((count,)),
-            **{
-                name: lambda count=count, program=program: program(torch.randn(count, features))
-                for name, program in programs.items()
-            },
-        }
-        timings = time_interleaved(candidates, **settings)
+    for count in student.counts:
+        timings = time_interleaved(candidates(student, data_flow, programs, count), **settings)
         for timing in timings.values():
             timing["spread_ms"] = spread(timing["repeats_ms"])
         ratios = {f"{a}/{b}": paired_ratios(timings, a, b) for a, b in RATIOS}
         result["cases"][str(count)] = {"timings": timings, "paired_ratios": ratios}
         line = ", ".join(f"{name} {timings[name]['median_ms']:.3f} ms" for name in CANDIDATES)
         print(
-            f"  D={features:<3} N={count:<5} {line}; exported/module "
+            f"  {student.label} N={count:<5} {line}; exported/module "
             f"{ratios['exported/module']['median']:.2f}x",
             file=sys.stderr,
             flush=True,
@@ -202,14 +283,14 @@ def markdown(report: dict) -> str:
         "(`distill.export.freeze`); `traced`: the program as traced, before freezing (what "
         "distill-export wrote before).",
         "",
-        "| D | N | module ms | exported ms | traced ms | exported/module | traced/module |",
+        "| student | N | module ms | exported ms | traced ms | exported/module | traced/module |",
         "|---|---|---|---|---|---|---|",
     ]
-    for features, per_dimension in results.items():
-        for count, case in per_dimension["cases"].items():
+    for label, per_student in results.items():
+        for count, case in per_student["cases"].items():
             timings, ratios = case["timings"], case["paired_ratios"]
             lines.append(
-                f"| {features} | {count} | {_time(timings['module'])} | "
+                f"| {label} | {count} | {_time(timings['module'])} | "
                 f"{_time(timings['exported'])} | {_time(timings['traced'])} | "
                 f"{_ratio(ratios['exported/module'])} | {_ratio(ratios['traced/module'])} |"
             )
@@ -217,19 +298,16 @@ def markdown(report: dict) -> str:
         "",
         "Per call of one sample (counted with cProfile and from the graphs, not timed):",
         "",
-        "| D | `nn.Module.__getattr__` calls: module / exported / traced | graph operations: "
+        "| student | `nn.Module.__getattr__` calls: module / exported / traced | graph operations: "
         "exported / traced | max \\|diff\\| float64 | export s |",
         "|---|---|---|---|---|",
     ]
-    for features, per_dimension in results.items():
-        lookups, ops = (
-            per_dimension["module_getattr_per_call"],
-            per_dimension["operations_per_call"],
-        )
+    for label, per_student in results.items():
+        lookups, ops = per_student["module_getattr_per_call"], per_student["operations_per_call"]
         lines.append(
-            f"| {features} | {lookups['module']:.0f} / {lookups['exported']:.0f} / "
+            f"| {label} | {lookups['module']:.0f} / {lookups['exported']:.0f} / "
             f"{lookups['traced']:.0f} | {ops['exported']} / {ops['traced']} | "
-            f"{per_dimension['max_abs_difference_float64']:.1e} | {per_dimension['export_s']} |"
+            f"{per_student['max_abs_difference_float64']:.1e} | {per_student['export_s']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -270,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        results = {d: bench_dimension(d, settings, Path(folder)) for d in FEATURES}
+    students = [*(vector_student(features) for features in FEATURES), sequence_student()]
+    results = {}
+    for student in students:
+        with tempfile.TemporaryDirectory() as folder:
+            results[student.label] = bench_student(student, settings, Path(folder))
     machine["load_average_after"] = os.getloadavg()
     elapsed = time.perf_counter() - start
     report = {
@@ -285,10 +366,13 @@ def main(argv: list[str] | None = None) -> None:
             "ordering": "reversed between layers",
             "preprocessing": "standardize (D = 2); standardize + logit onto [0, 17] (D = 64)",
             "dtype": "float32",
+            "sequences": "the WaveNet IAF student of experiment=notes: flows of [6, 6, 6, 6] "
+            "blocks, 16 channels, context_hidden 64, a global pitch context (N, 1); one second "
+            f"of audio at {SAMPLE_RATE} Hz; StandardizeSequence (std 0.24)",
         },
         "settings": settings,
         "elapsed_s": round(elapsed, 1),
-        "results": {str(d): value for d, value in results.items()},
+        "results": results,
     }
     text = markdown(report)
     print()
