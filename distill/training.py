@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from distill.checkpoint_io import AtomicCheckpointIO
 from distill.plots import figure_to_array
 from distill.spectral import read_wav
-from distill.wandb_setup import wandb_can_go_online
+from distill.wandb_setup import finish_wandb, wandb_can_go_online
 
 # Lightning 2.6 builds a torch LeafSpec for every dataloader, which torch 2.13 deprecates: a
 # warning on every run that no argument avoids. Only that message is silenced.
@@ -112,6 +112,10 @@ def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
 
 
 WANDB_ID_FILE = "wandb_run_id"
+LIGHTNING_WANDB = (
+    "lightning.pytorch.loggers.WandbLogger",
+    "lightning.pytorch.loggers.wandb.WandbLogger",
+)
 
 
 def _wandb_logger(
@@ -148,6 +152,8 @@ def _wandb_logger(
             wandb.teardown()
     id_file = stage_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
+    if spec.get("_target_") in LIGHTNING_WANDB:  # the same, safe to stop (see wandb_setup)
+        spec = {**_placed(spec), "_target_": "distill.wandb_setup.SafeWandbLogger"}
     placed = _placed(
         spec,
         save_dir=str(stage_dir),
@@ -175,6 +181,10 @@ class SaveOnTerminate(L.Callback):
     """On SIGTERM (a scheduler's stop, a preemption) Lightning ends ``fit`` after the current
     step; this writes that state as ``last.ckpt`` first, so the run resumes from it.
 
+    A SLURM stop also ends W&B's service, with the rows it had not yet written: the checkpoint
+    keeps the W&B logger's last rows, and the resumed run logs again those the stopped run's W&B
+    file lacks, before its first step (``SafeWandbLogger``).
+
     The resumed run's curve continues at the step after the stop. Lightning numbers logged rows
     by its count of batches that stepped, and restores that count one ahead from a state saved
     after an epoch's validation (it takes it for a state saved during validation, before the
@@ -185,18 +195,32 @@ class SaveOnTerminate(L.Callback):
 
     def __init__(self) -> None:
         self.next_row: int | None = None  # the step of the first row after a stop
+        self.wandb_rows: list[dict[str, Any]] = []  # the W&B loggers' last rows at a stop
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception) -> None:
         callback = trainer.checkpoint_callback
         if isinstance(exception, SIGTERMException) and callback is not None and callback.dirpath:
             self.next_row = trainer.global_step
+            self.wandb_rows = [
+                rows
+                for logger in trainer.loggers
+                if hasattr(logger, "unwritten_rows") and (rows := logger.unwritten_rows())
+            ]
             trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.next_row is None else {"next_row": self.next_row}
+        state = {} if self.next_row is None else {"next_row": self.next_row}
+        return {**state, "wandb_rows": self.wandb_rows} if self.wandb_rows else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_row = state_dict.get("next_row")
+        self.wandb_rows = state_dict.get("wandb_rows", [])
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            for rows in self.wandb_rows if hasattr(logger, "log_lost_rows") else ():
+                logger.log_lost_rows(rows)
+        self.wandb_rows = []
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *_) -> None:
         if self.next_row is not None and module.automatic_optimization:
@@ -297,9 +321,7 @@ def fit(
         for logger in loggers:  # the rows logged up to the stop, flushed
             logger.finalize("failed")
         if any(isinstance(logger, WandbLogger) for logger in loggers):
-            import wandb
-
-            wandb.finish(exit_code=Terminated.code)
+            finish_wandb(exit_code=Terminated.code)  # warns if W&B's service is gone
         if os.environ.get("SLURM_JOB_ID"):
             # A SLURM stop (preemption, scontrol requeue) is followed by a requeue: leave no
             # result for submitit to collect, so its launcher waits for the requeued run.
@@ -412,6 +434,4 @@ def finish_loggers(
                 stacklevel=1,
             )
     if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()
+        finish_wandb()

@@ -1,7 +1,23 @@
-"""Whether an online W&B run can start: without credentials, W&B asks for an API key on a
-terminal and waits for ever (``WANDB_INIT_TIMEOUT`` does not cover its prompt)."""
+"""W&B set-up: whether an online run can start (without credentials, W&B asks for an API key
+on a terminal and waits for ever; ``WANDB_INIT_TIMEOUT`` does not cover its prompt), and a W&B
+logger that survives a scheduler's stop and resume (``SafeWandbLogger``)."""
 
 from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import struct
+import time
+import warnings
+import zlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def wandb_can_go_online() -> tuple[bool, str]:
@@ -37,3 +53,220 @@ def wandb_can_go_online() -> tuple[bool, str]:
             "~/.netrc)"
         )
     return True, f"W&B credentials for {host} found"
+
+
+# A stopped job's W&B rows. W&B writes a run through its service process (wandb-core), which
+# keeps the newest rows in memory (its run file is written every 15 s, or per 32 KiB block).
+# A scheduler's stop (a SLURM preemption, `scontrol requeue`) sends SIGTERM to every process of
+# the job, the service included, and the service exits on it at once: the rows it held are lost,
+# and every later call into W&B raises. The logger below keeps the rows of its last minutes; the
+# stop's checkpoint holds them (training.SaveOnTerminate) and the resumed run logs again, into the
+# same W&B run, those that the stopped run's file lacks.
+
+JOURNAL_SECONDS = 120.0  # rows kept: those of the last 2 minutes (W&B writes every 15 s) ...
+JOURNAL_ROWS = 10_000  # ... at most this many
+
+
+def finish_wandb(exit_code: int | None = None) -> None:
+    """Finish the current W&B run; if W&B fails (its service gone), warn instead of raising and
+    release W&B's connection so that nothing fails again at the interpreter's exit."""
+    import wandb
+
+    try:
+        wandb.finish(exit_code=exit_code)
+    except Exception as error:
+        warnings.warn(
+            f"W&B could not finish its run ({_describe(error)}): its service has ended (a "
+            "scheduler's stop ends it with the job); what it wrote is in the run's wandb folder",
+            stacklevel=2,
+        )
+        try:
+            wandb.teardown()
+        except BaseException:  # it may even sys.exit with the service's exit code
+            pass
+
+
+def read_history(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The history rows (``{key: value}``, as logged, with W&B's ``_step``, ``_runtime`` and
+    ``_timestamp``) of a ``run-<id>.wandb`` file, read without W&B's service or network.
+
+    The file is W&B's transaction log: a 7-byte header, then records (protocol buffers) in chunks
+    of at most 32 KiB blocks, each chunk with a CRC-32 of its type and data. Reading stops at the
+    first torn or corrupt chunk: a file cut by a killed process yields the rows before the cut.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    position, record = 7, b""
+    while position + 7 <= len(data):
+        left = _BLOCK - position % _BLOCK
+        if left < 7:  # a block's last bytes, too few for a chunk: padding
+            position += left
+            continue
+        checksum, length, kind = struct.unpack_from("<IHB", data, position)
+        chunk = data[position + 7 : position + 7 + length]
+        if kind not in (1, 2, 3, 4) or len(chunk) < length:
+            return
+        if zlib.crc32(bytes([kind]) + chunk) != checksum:
+            return
+        position += 7 + length
+        record = chunk if kind in (1, 2) else record + chunk  # full, first | middle, last
+        if kind in (2, 3):
+            continue
+        parsed = wandb_internal_pb2.Record()
+        parsed.ParseFromString(record)
+        if parsed.WhichOneof("record_type") == "history":
+            yield {
+                item.key or ".".join(item.nested_key): _history_value(item)
+                for item in parsed.history.item
+            }
+
+
+_BLOCK = 32 * 1024
+
+
+def _history_value(item: Any) -> Any:
+    if item.value_json:  # W&B's encoding up to now; typed values (x_history_value_encoding) else
+        return json.loads(item.value_json)
+    kind = item.WhichOneof("value")
+    if kind == "json":
+        return json.loads(item.json)
+    return None if kind in (None, "none") else getattr(item, kind)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def __getattr__(name: str) -> Any:
+    # SafeWandbLogger is defined on first use: it needs Lightning, whose import takes seconds,
+    # and the credential check above must stay quick to import. Defined once, it is a module
+    # attribute like any other (Hydra's `_target_` and pickling find it by name).
+    if name == "SafeWandbLogger":
+        globals()[name] = _define_safe_wandb_logger()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _define_safe_wandb_logger() -> type:
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class SafeWandbLogger(WandbLogger):
+        """Lightning's W&B logger, for runs that can be stopped and resumed.
+
+        A W&B failure (its service gone) is a warning, once: training goes on and W&B is left
+        alone for the rest of the process. The rows of the last ``JOURNAL_SECONDS`` are kept
+        (``unwritten_rows``) so that a run resumed after a stop can log again, into the same
+        W&B run, the rows the stopped one's W&B file lacks (``log_lost_rows``)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._rows: deque[tuple[float, int, dict[str, float]]] = deque()
+            self._dropped: list | None = None  # [step, keys] of the newest row no longer kept
+            self._failed = False
+
+        def _guarded(self, doing: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._failed:
+                return None
+            try:
+                return call(*args, **kwargs)
+            except Exception as error:
+                self._failed = True
+                warnings.warn(
+                    f"W&B failed while {doing} ({_describe(error)}); training goes on without "
+                    "W&B in this process (a stopped job's last rows are logged again when it "
+                    "resumes)",
+                    stacklevel=3,
+                )
+                return None
+
+        @rank_zero_only
+        def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+            if step is not None and all(isinstance(v, numbers.Real) for v in metrics.values()):
+                now = time.monotonic()
+                self._rows.append((now, step, {k: _plain(v) for k, v in metrics.items()}))
+                while self._rows and (
+                    len(self._rows) > JOURNAL_ROWS or self._rows[0][0] < now - JOURNAL_SECONDS
+                ):
+                    _, old_step, old_row = self._rows.popleft()
+                    self._dropped = [old_step, sorted(old_row)]
+            self._guarded("logging metrics", super().log_metrics, metrics, step)
+
+        @rank_zero_only
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            self._guarded("logging the config", super().log_hyperparams, params, *args, **kwargs)
+
+        def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+            self._guarded("noting a checkpoint", super().after_save_checkpoint, checkpoint_callback)
+
+        @rank_zero_only
+        def finalize(self, status: str) -> None:
+            self._guarded("finishing", super().finalize, status)
+
+        def unwritten_rows(self) -> dict[str, Any] | None:
+            """The rows this logger's W&B file may lack after a stop (those of the last
+            ``JOURNAL_SECONDS``), as plain values for a checkpoint; None if there are none."""
+            if not self._rows:
+                return None
+            return {
+                "run_id": self.version,
+                "rows": [[step, row] for _, step, row in self._rows],
+                "before": self._dropped,
+            }
+
+        @rank_zero_only
+        def log_lost_rows(self, saved: Mapping[str, Any]) -> None:
+            """Log the rows of ``saved`` (``unwritten_rows`` of the stopped run) that the W&B
+            files of the earlier runs of this W&B run lack, each at its own step; warn if rows
+            older than those kept are missing too. Never raises."""
+            if saved.get("run_id") != self.version or self._failed:
+                return
+            try:
+                current = Path(self.experiment.dir).parent
+                found: dict[int, list[set[str]]] = {}
+                for path in sorted(current.parent.glob(f"*run-*-{self.version}")):
+                    if path == current or not (path / f"run-{self.version}.wandb").is_file():
+                        continue
+                    for row in read_history(path / f"run-{self.version}.wandb"):
+                        step = row.get("trainer/global_step")
+                        if isinstance(step, int):
+                            found.setdefault(step, []).append(set(row))
+            except Exception as error:
+                warnings.warn(
+                    f"cannot read the stopped run's W&B files ({_describe(error)}); its last "
+                    "rows are not logged again: the W&B curve may miss steps before the resume",
+                    stacklevel=2,
+                )
+                return
+
+            def written(step: int, keys: Any) -> bool:
+                return any(set(keys) <= seen for seen in found.get(step, ()))
+
+            lost = [(step, row) for step, row in saved["rows"] if not written(step, row)]
+            for step, row in lost:
+                self._guarded("logging the stopped run's last rows", super().log_metrics, row, step)
+            if lost:
+                log.info(
+                    "W&B: logged again the %d row(s) of steps %d-%d that the stopped run's W&B "
+                    "service had not written",
+                    len(lost),
+                    lost[0][0],
+                    lost[-1][0],
+                )
+            before = saved.get("before")
+            if before is not None and not written(*before):
+                warnings.warn(
+                    f"the stopped run's W&B file ends before step {before[0]}: rows logged more "
+                    f"than {JOURNAL_SECONDS:.0f} s before the stop were lost with W&B's service",
+                    stacklevel=2,
+                )
+
+    SafeWandbLogger.__qualname__ = "SafeWandbLogger"
+    return SafeWandbLogger
+
+
+def _plain(value: numbers.Real) -> int | float:
+    return value if isinstance(value, int) else float(value)

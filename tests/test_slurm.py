@@ -1,8 +1,9 @@
 """Launching through a real one-node SLURM cluster (tests/slurm/start_cluster.sh, started by
 .ci/run as root): a 2-job Hydra sweep through submitit_slurm collects both results, and a job
 requeued while it runs (`scontrol requeue`, as a preemption does) resumes from its last.ckpt in
-the same run directory with no step lost or repeated. Skipped, with the reason, where no
-cluster can be started."""
+the same run directory and the same W&B run with no step lost or repeated, in its CSV and its
+offline W&B files alike (SLURM's SIGTERM ends W&B's service too, with the rows it had not
+written). Skipped, with the reason, where no cluster can be started."""
 
 import csv
 import json
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.test_sweeps import wandb_records
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +28,6 @@ CPU_CLUSTER = [
     "cluster.mem_gb=2",
     "data=moons",
     "data.num_train=2048",
-    "logger=csv",
     "flow@teacher.flow=maf",
     "teacher.flow.hidden_features=[32,32]",
 ]
@@ -75,7 +77,7 @@ def job_state(job: str) -> str:
 
 
 def test_a_two_job_sweep_collects_both_results(slurm, launch, tmp_path):
-    process = launch("teacher.trainer.max_steps=5", "seed=0,1")
+    process = launch("teacher.trainer.max_steps=5", "seed=0,1", "logger=csv")
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
     for job in ("0", "1"):
@@ -83,9 +85,13 @@ def test_a_two_job_sweep_collects_both_results(slurm, launch, tmp_path):
         assert metrics["teacher/global_step"] == 5
 
 
-def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, launch, tmp_path):
+def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, launch, tmp_path, wandb_env):
     sweep = tmp_path / "sweep"
-    process = launch("teacher.trainer.max_steps=600", "teacher.trainer.log_every_n_steps=1")
+    process = launch(
+        "teacher.trainer.max_steps=600",
+        "teacher.trainer.log_every_n_steps=1",
+        "logger=[csv,wandb]",  # W&B offline (wandb_env)
+    )
     deadline = time.monotonic() + 300
     job = None
     while time.monotonic() < deadline:
@@ -99,6 +105,7 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, launch, tmp_path
             break
         time.sleep(0.2)
     assert job, "the job never started"
+    run_id = (sweep / "0" / "wandb_run_id").read_text().strip()
     time.sleep(2)  # some steps past the first checkpoint
     subprocess.run(["scontrol", "requeue", job], check=True)
     while job_state(job) != "PENDING" and time.monotonic() < deadline:
@@ -130,3 +137,18 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm, launch, tmp_path
     assert steps == sorted(set(steps)), "a step was logged twice"
     missing = set(range(steps[0], steps[-1] + 1)) - set(steps)
     assert not missing, f"steps missing from the curve: {sorted(missing)}"  # see test_reliability
+
+    # W&B: the same run (its id kept in the run directory), one offline folder per launch, read
+    # back with W&B's own reader; the rows the killed service had not written are logged again
+    # by the resumed run, before its own
+    assert (run / "wandb_run_id").read_text().strip() == run_id
+    launches = sorted(run.glob("wandb/offline-run-*"))
+    assert [folder.name.rsplit("-", 1)[1] for folder in launches] == [run_id, run_id]
+    records = [record for folder in launches for record in wandb_records(folder)]
+    assert {r["run"]["run_id"] for r in records if r["type"] == "run"} == {run_id}
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    logged = [row["trainer/global_step"] for row in history if "train/nll" in row]
+    repeated = sorted({step for step in logged if logged.count(step) > 1})
+    lost = sorted(set(range(600)) - set(logged))
+    assert logged == list(range(600)), f"W&B curve: steps lost {lost}, repeated {repeated}"
+    assert logged == steps
