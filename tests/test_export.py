@@ -61,7 +61,7 @@ SEQUENCE_STUDENT = {
     "context_hidden": 8,
 }
 CONDITIONINGS = ("none", "pitch", "pitch_track")
-SEQUENCE_BATCH_SIZES = (1, 7)
+SEQUENCE_BATCH_SIZES = (1, 7, 32)
 LENGTHS = (64, 256)  # neither the training length (128) nor the 3 frames export traces with
 
 
