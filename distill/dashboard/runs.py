@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from distill.wandb_setup import read_history
+
 # A curve: (step, value) pairs in logging order.
 Curve = list[tuple[float, float]]
 CURVE_PREFIXES = ("train/", "val/")
@@ -241,11 +243,12 @@ def read_csv_curves(directory: Path) -> dict[str, Curve]:
 
 def read_wandb_curves(run_file: Path) -> dict[str, Curve]:
     """The ``train/*`` and ``val/*`` curves of an offline W&B run file (``run-*.wandb``), x =
-    Lightning's ``trainer/global_step`` (else W&B's ``_step``). Read in-process with W&B's
-    own record definitions; if that fails (a format this reader does not know), by W&B's
-    own reader, ``wandb leet inspect --json`` (no network). Raises RuntimeError if both fail."""
+    Lightning's ``trainer/global_step`` (else W&B's ``_step``). Read in-process
+    (`distill.wandb_setup.read_history`); if that fails (a format this reader does not know),
+    by W&B's own reader, ``wandb leet inspect --json`` (no network). Raises RuntimeError if
+    both fail."""
     try:
-        rows = list(_wandb_history_in_process(run_file))
+        rows = list(read_history(run_file))
     except Exception:  # any parse failure: the slower official reader decides
         rows = list(_wandb_history_by_leet(run_file))
     curves: dict[str, Curve] = {}
@@ -257,43 +260,6 @@ def read_wandb_curves(run_file: Path) -> dict[str, Curve]:
             if key.startswith(CURVE_PREFIXES) and isinstance(value, int | float):
                 curves.setdefault(key, []).append((float(step), float(value)))
     return curves
-
-
-# The .wandb file: a 7-byte header (":W&B", a 2-byte magic, a version byte), then LevelDB's log
-# format: 32 KiB blocks of chunks, each a 4-byte checksum, 2-byte length, 1-byte type (full,
-# first, middle, last) and its bytes; one protobuf `Record` per full (or joined) chunk.
-WANDB_HEADER = b":W&B"
-WANDB_HEADER_SIZE, WANDB_BLOCK_SIZE, CHUNK_HEADER_SIZE = 7, 32768, 7
-CHUNK_FULL, CHUNK_FIRST, CHUNK_LAST = 1, 2, 4
-
-
-def _wandb_history_in_process(run_file: Path) -> Iterator[dict[str, object]]:
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    data = run_file.read_bytes()
-    if not data.startswith(WANDB_HEADER):
-        raise ValueError(f"{run_file}: not a W&B run file")
-    position, pending = WANDB_HEADER_SIZE, b""
-    while position + CHUNK_HEADER_SIZE <= len(data):
-        left_in_block = WANDB_BLOCK_SIZE - position % WANDB_BLOCK_SIZE
-        if left_in_block < CHUNK_HEADER_SIZE:  # the block's zero padding
-            position += left_in_block
-            continue
-        length = int.from_bytes(data[position + 4 : position + 6], "little")
-        kind = data[position + 6]
-        if kind == 0:  # unwritten space at the end of a run that is still open
-            break
-        chunk = data[position + CHUNK_HEADER_SIZE : position + CHUNK_HEADER_SIZE + length]
-        position += CHUNK_HEADER_SIZE + length
-        pending = chunk if kind in (CHUNK_FULL, CHUNK_FIRST) else pending + chunk
-        if kind not in (CHUNK_FULL, CHUNK_LAST):
-            continue
-        record = Record.FromString(pending)
-        if record.WhichOneof("record_type") == "history":
-            yield {
-                "/".join(item.nested_key) or item.key: json.loads(item.value_json)
-                for item in record.history.item
-            }
 
 
 def _wandb_history_by_leet(run_file: Path) -> Iterator[dict[str, object]]:
