@@ -100,7 +100,7 @@ def regression(
     with torch.no_grad():
         u, _ = teacher.bijector.inverse(data, context)
     x, _ = student.bijector(u, context)
-    return _per_sample((x - data).square(), _event_dims(student))
+    return _per_sample((x - data).square(), student.event_dims)
 
 
 def power(
@@ -121,11 +121,6 @@ def power(
         raise ValueError("the power loss needs a data batch")
     x = (draw or StudentDraw(student, teacher, num_samples, context)).x
     return power_loss(x, data, paired=context is not None).expand(x.shape[0])
-
-
-def _event_dims(flow: Flow) -> int:
-    """Trailing dims of one event: 2 for sequences ``(C, T)``, 1 for vectors."""
-    return 2 if getattr(flow, "channels", None) is not None else 1
 
 
 def _per_sample(elementwise: Tensor, event_dims: int) -> Tensor:
@@ -247,7 +242,7 @@ class StudentDraw:
             params.append(layer.params(h, self.context))
             h, layer_log_det = layer.transform.forward(h, params[-1])
             log_det = log_det + layer_log_det
-        event_dims = _event_dims(self.student)
+        event_dims = self.student.event_dims
         self._sample = (h, self.student.base.log_prob(noise) - _per_sample(log_det, event_dims))
         self._student_steps = (layers, params)
 
@@ -335,7 +330,7 @@ def reverse_kl_closed_form(
         + 0.5 * (torch.exp(2 * log_ratio) + ((mean_q - mean_p) * torch.exp(-log_std_p)).square())
         - 0.5
     )
-    return _per_sample(kl, _event_dims(student))
+    return _per_sample(kl, student.event_dims)
 
 
 def log_std_regularizer(
@@ -349,7 +344,7 @@ def log_std_regularizer(
     """ClariNet's regularizer ``sum_i (log std_q_i - log std_p_i)^2`` at x ~ q, which keeps the
     conditionals' scales matched early in training: ``(num_samples,)``."""
     _, log_std_q, _, log_std_p = gaussian_conditionals(student, teacher, num_samples, context, draw)
-    return _per_sample((log_std_q - log_std_p).square(), _event_dims(student))
+    return _per_sample((log_std_q - log_std_p).square(), student.event_dims)
 
 
 def reverse_kl_per_step(
@@ -387,7 +382,7 @@ def reverse_kl_per_step(
         h, log_det = layer.transform.inverse(h, params.expand(draws, *params.shape))
         log_ratio = log_ratio - log_det
     log_ratio = log_ratio + 0.5 * h.square()  # the two base densities' constants cancel
-    return _per_sample(log_ratio.mean(0), _event_dims(student))
+    return _per_sample(log_ratio.mean(0), student.event_dims)
 
 
 Loss = Callable[..., Tensor]

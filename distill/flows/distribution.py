@@ -44,6 +44,9 @@ class Flow(nn.Module):
     ``sample((1000,))``) and return ``sample_shape + context.shape[:-1] + (D,)``.
     """
 
+    #: Trailing dimensions of one sample: 1 for vectors ``(D,)``, 2 for sequences ``(C, T)``.
+    event_dims = 1
+
     def __init__(self, bijector: Bijector, base: nn.Module | None = None):
         super().__init__()
         if base is None:
@@ -132,6 +135,8 @@ class SequenceFlow(Flow):
     crops'), or, given a local context, its frames times ``hop_length``. ``log_prob`` of a
     sequence is the sum over its C * T values; divide by ``C * T`` for a per-step figure.
     """
+
+    event_dims = 2
 
     def __init__(
         self,
