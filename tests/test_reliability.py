@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -18,10 +19,13 @@ import torch
 
 from distill.checkpoint_io import AtomicCheckpointIO
 from distill.checks import ConfigError, validate
+from distill.cli.teacher import run as run_teacher
 from distill.stages import load_teacher
 from distill.training import build_loggers, build_trainer, check_resumable
 
 MOONS = ["data=moons", "data.num_train=2048", "data.num_val=256", "data.num_test=256"]
+# What these tests check is the plumbing around training, not the flow: a small one.
+SMALL_FLOW = ["teacher.flow.num_layers=2", "teacher.flow.hidden_features=[16,16]"]
 
 
 def run_cli(command: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -168,7 +172,13 @@ def test_a_run_directory_that_holds_a_run_is_refused_unless_resuming(tmp_path):
 @pytest.mark.slow
 def test_the_non_finite_rescue_advice_works_as_a_user_follows_it(tmp_path):
     run = tmp_path / "run"
-    common = [*MOONS, "logger=csv", "teacher.optim.warmup_steps=0", f"hydra.run.dir={run}"]
+    common = [
+        *MOONS,
+        *SMALL_FLOW,
+        "logger=csv",
+        "teacher.optim.warmup_steps=0",
+        f"hydra.run.dir={run}",
+    ]
     failed = run_cli(
         "distill-teacher",
         *common,
@@ -214,6 +224,7 @@ def test_sigterm_exits_143_after_saving_last_ckpt(tmp_path):
         [
             str(executable),
             *MOONS,
+            *SMALL_FLOW,
             "teacher.trainer.max_steps=1000000",
             "logger=none",
             f"hydra.run.dir={run}",
@@ -241,36 +252,25 @@ def csv_train_steps(run: Path) -> list[int]:
     return steps
 
 
-def requeue_command(run: Path, max_steps: int, *overrides: str) -> list[str]:
-    """A teacher run that logs every step to CSV; launched again, the same command is what a
-    requeued SLURM job runs."""
+def requeue_overrides(max_steps: int) -> list[str]:
+    """A teacher run that logs every step to CSV."""
     return [
-        str(Path(sys.executable).parent / "distill-teacher"),
         *MOONS,
+        *SMALL_FLOW,
         f"teacher.trainer.max_steps={max_steps}",
         "teacher.trainer.log_every_n_steps=1",
         "logger=csv",
-        f"hydra.run.dir={run}",
-        *overrides,
     ]
 
 
-def check_requeue(command: list[str], run: Path, max_steps: int, env: dict) -> int:
-    """After a run stopped by SIGTERM: it exited 143 having saved ``last.ckpt`` mid-way; the
-    same command, relaunched as a requeued job (SLURM_RESTART_COUNT=1), resumes from it and
+def check_requeue(requeue: Callable[[], None], run: Path, max_steps: int) -> int:
+    """After a run stopped by SIGTERM: it saved ``last.ckpt`` mid-way; the same run, started
+    again as a requeued job (SLURM_RESTART_COUNT=1) by ``requeue``, resumes from it and
     finishes; its curve has one row per step, none missing, none twice. Returns the stop's
     step."""
     stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < stopped_at < max_steps
-    again = subprocess.run(
-        command,
-        cwd=run.parent,
-        capture_output=True,
-        text=True,
-        env={**env, "SLURM_RESTART_COUNT": "1"},
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    requeue()
     assert json.loads((run / "metrics.json").read_text())["teacher/global_step"] == max_steps
     steps = csv_train_steps(run)
     missing = sorted(set(range(max_steps)) - set(steps))
@@ -289,7 +289,8 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     command again with SLURM_RESTART_COUNT set. (That the W&B run is continued is tested in
     tests/test_sweeps.py.)"""
     run = tmp_path / "run"
-    command = requeue_command(run, 200)
+    executable = Path(sys.executable).parent / "distill-teacher"
+    command = [str(executable), *requeue_overrides(200), f"hydra.run.dir={run}"]
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -300,7 +301,15 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 143
-    check_requeue(command, run, 200, dict(os.environ))
+
+    def requeue() -> None:
+        env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
+        again = subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+
+    check_requeue(requeue, run, 200)
 
 
 class TerminateAt(L.Callback):
@@ -313,6 +322,8 @@ class TerminateAt(L.Callback):
 
     def _stop(self, trainer: L.Trainer, point: str) -> None:
         if trainer.ckpt_path is None and point == self.after and trainer.global_step == self.step:
+            # Lightning's handler turns the signal into a stop: without it, it would kill pytest
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_end(self, trainer: L.Trainer, *_) -> None:
@@ -330,28 +341,38 @@ class TerminateAt(L.Callback):
         ("validation", 8),  # during the validation at the end of an epoch
     ],
 )
-def test_a_requeued_job_logs_every_step_once_wherever_it_stopped(tmp_path, after, step):
+def test_a_requeued_job_logs_every_step_once_wherever_it_stopped(
+    compose_config, tmp_path, monkeypatch, after, step
+):
     """Each point where a stop can land, reached exactly, then the requeue. A stop at the end
     of an epoch (after its validation) resumed with Lightning's row counter one step ahead: the
     curve skipped the stop's step and ended one past the last (rows 0-7, 9-16 for both stops at
     step 8, before `SaveOnTerminate` kept the next row's step in the checkpoint); the test
-    of the stop sent from outside failed whenever the signal landed there."""
+    of the stop sent from outside failed whenever the signal landed there.
+
+    Both runs are the teacher stage in this process (the stop is the process's own SIGTERM,
+    which Lightning's handler turns into the end of ``fit``); the whole job, stopped and
+    relaunched as a command, is the test above."""
     run = tmp_path / "run"
-    command = requeue_command(
-        run,
-        16,
-        "+teacher.callbacks.stop._target_=tests.test_reliability.TerminateAt",
-        f"+teacher.callbacks.stop.step={step}",
-        f"+teacher.callbacks.stop.after={after}",
+    cfg = compose_config(
+        "teacher",
+        [
+            *requeue_overrides(16),
+            "+teacher.callbacks.stop._target_=tests.test_reliability.TerminateAt",
+            f"+teacher.callbacks.stop.step={step}",
+            f"+teacher.callbacks.stop.after={after}",
+        ],
+        output_dir=run,
     )
-    root = Path(__file__).resolve().parents[1]  # tests.test_reliability, importable
-    path = [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    first = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
-    )
-    assert first.returncode == 143, first.stderr[-3000:]
-    assert check_requeue(command, run, 16, env) == step
+    with pytest.raises(SystemExit) as stopped:
+        run_teacher(cfg)
+    assert stopped.value.code == 143
+
+    def requeue() -> None:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        run_teacher(cfg)
+
+    assert check_requeue(requeue, run, 16) == step
 
 
 def test_a_read_only_run_directory_is_one_line(tmp_path):
