@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-TINY = [
+TEACHER = [
     "data=moons",
     "data.num_train=2048",
     "data.num_val=256",
     "data.num_test=256",
     "teacher.trainer.max_steps=20",
+    "teacher.flow.num_layers=2",
     "teacher.flow.hidden_features=[16,16]",
+]
+TINY = [
+    *TEACHER,
     "student.flow.hidden_features=[16,16]",
     "student.trainer.max_steps=4",
     "student.evaluation.num_kl_samples=500",
@@ -55,16 +59,16 @@ def test_a_student_sweep_trains_one_teacher_and_names_its_runs(tmp_path, wandb_e
         "distill",
         "-m",
         *TINY,
-        "loss@student.loss=reverse_kl,mixed,forward_kl",
+        "loss@student.loss=reverse_kl,mixed",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((sweep / "teachers").glob("*/checkpoints/best.ckpt"))) == 1
-    assert len(list(sweep.glob("[0-9]/student/checkpoints/best.ckpt"))) == 3
+    assert len(list(sweep.glob("[0-9]/student/checkpoints/best.ckpt"))) == 2
     assert not list(sweep.glob("[0-9]/teacher"))
     losses = {
-        json.loads((sweep / f"{job}/metrics.json").read_text())["student/init"] for job in "012"
+        json.loads((sweep / f"{job}/metrics.json").read_text())["student/init"] for job in "01"
     }
     assert losses == {"identity"}
 
@@ -89,7 +93,7 @@ def test_a_failed_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = run_cli(
         "distill-teacher",
         "-m",
-        *TINY[:6],
+        *TEACHER,
         "teacher.trainer.max_steps=3",
         "logger=none",
         "teacher.optim.lr=-1,1e-3",
@@ -108,12 +112,12 @@ def test_a_failed_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_resumed_stage_continues_its_wandb_run(tmp_path, wandb_env):
     run = tmp_path / "run"
-    first = run_cli("distill-teacher", *TINY[:6], f"hydra.run.dir={run}", cwd=tmp_path)
+    first = run_cli("distill-teacher", *TEACHER, f"hydra.run.dir={run}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     run_id = (run / "wandb_run_id").read_text().strip()
     again = run_cli(
         "distill-teacher",
-        *TINY[:6],
+        *TEACHER,
         "teacher.trainer.max_steps=30",
         "teacher.resume=last",
         f"hydra.run.dir={run}",
@@ -136,7 +140,7 @@ def test_a_resumed_stage_continues_its_wandb_run(tmp_path, wandb_env):
 def test_an_unknown_optimized_metric_is_refused_by_name(tmp_path):
     result = run_cli(
         "distill-teacher",
-        *TINY[:6],
+        *TEACHER,
         "teacher.trainer.max_steps=2",
         "logger=none",
         "optimized_metric=teacher/nope",
