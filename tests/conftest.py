@@ -5,6 +5,12 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+# One intra-op thread in the test process: the tests' tensors are small (a batch of 1,024 points
+# through a MADE of 128x128), too small for a second thread to pay for its synchronization, and
+# on 2 cores shared with the CLIs and DDP ranks the tests launch, a second thread waited for a
+# core (the 600-step distillation fixture took 52 s with 2 threads under load, 35 s with 1).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
