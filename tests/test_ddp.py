@@ -83,6 +83,7 @@ def test_student_ranks_draw_different_noise(compose_config, tmp_path):
         [
             *DATA,
             "teacher.trainer.max_steps=10",
+            "teacher.flow.num_layers=2",
             "teacher.flow.hidden_features=[16,16]",
         ],
         output_dir=tmp_path / "teacher",
