@@ -285,9 +285,9 @@ def check_requeue(requeue: Callable[[], None], run: Path, max_steps: int) -> int
 @pytest.mark.slow
 def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) from outside,
-    at whatever point training has reached a second after the first checkpoint, then the same
-    command again with SLURM_RESTART_COUNT set. (That the W&B run is continued is tested in
-    tests/test_sweeps.py.)"""
+    at whatever point training has reached half a second after the first checkpoint (some 40
+    of the 200 steps of this small flow), then the same command again with SLURM_RESTART_COUNT
+    set. (That the W&B run is continued is tested in tests/test_sweeps.py.)"""
     run = tmp_path / "run"
     executable = Path(sys.executable).parent / "distill-teacher"
     command = [str(executable), *requeue_overrides(200), f"hydra.run.dir={run}"]
@@ -297,7 +297,7 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "best.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)
+    time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 143
