@@ -19,6 +19,7 @@ import torch
 
 from distill.checkpoint_io import AtomicCheckpointIO
 from distill.checks import ConfigError, validate
+from distill.cli.common import _is_user_error
 from distill.cli.teacher import run as run_teacher
 from distill.stages import load_teacher
 from distill.training import build_loggers, build_trainer, check_resumable
@@ -149,15 +150,16 @@ def test_online_wandb_without_a_key_logs_offline_with_a_warning(
     logger.experiment.finish()
 
 
-def test_resume_last_without_a_checkpoint_is_refused(tmp_path):
-    result = run_cli(
-        "distill-teacher",
-        *MOONS,
-        "teacher.resume=last",
-        f"hydra.run.dir={tmp_path / 'r'}",
-        cwd=tmp_path,
+def test_resume_last_without_a_checkpoint_is_refused(compose_config, tmp_path):
+    """Refused as a user error, which every command prints as one line and exits 1 (through
+    the CLI: the missing teacher checkpoint in tests/models/test_student.py, the same error
+    type)."""
+    cfg = compose_config(
+        "teacher", [*MOONS, "teacher.resume=last", "logger=none"], output_dir=tmp_path / "r"
     )
-    assert "holds no last.ckpt" in one_line_error(result)
+    with pytest.raises(FileNotFoundError, match="holds no last.ckpt") as refused:
+        run_teacher(cfg)
+    assert _is_user_error(refused.value) and "\n" not in str(refused.value)
 
 
 def test_a_run_directory_that_holds_a_run_is_refused_unless_resuming(tmp_path):
@@ -216,34 +218,6 @@ def test_the_non_finite_rescue_advice_works_as_a_user_follows_it(tmp_path):
     assert lrs and max(lrs[-3:]) <= 1e-3  # the new learning rate, not the checkpoint's 1e3
 
 
-@pytest.mark.slow
-def test_sigterm_exits_143_after_saving_last_ckpt(tmp_path):
-    run = tmp_path / "run"
-    executable = Path(sys.executable).parent / "distill-teacher"
-    process = subprocess.Popen(
-        [
-            str(executable),
-            *MOONS,
-            *SMALL_FLOW,
-            "teacher.trainer.max_steps=1000000",
-            "logger=none",
-            f"hydra.run.dir={run}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(run.glob("checkpoints/*.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first validation has written best.ckpt: training is under way
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr[-2000:]
-    assert "stopped by SIGTERM at global step" in stdout + stderr
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
-
-
 def csv_train_steps(run: Path) -> list[int]:
     """The global steps of the train/nll rows the CSV logger wrote, over all its versions."""
     steps = []
@@ -286,8 +260,9 @@ def check_requeue(requeue: Callable[[], None], run: Path, max_steps: int) -> int
 def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) from outside,
     at whatever point training has reached half a second after the first checkpoint (some 40
-    of the 200 steps of this small flow), then the same command again with SLURM_RESTART_COUNT
-    set. (That the W&B run is continued is tested in tests/test_sweeps.py.)"""
+    of the 200 steps of this small flow): the run exits 143 having saved ``last.ckpt`` and
+    says so; then the same command again with SLURM_RESTART_COUNT set. (That the W&B run is
+    continued is tested in tests/test_sweeps.py.)"""
     run = tmp_path / "run"
     executable = Path(sys.executable).parent / "distill-teacher"
     command = [str(executable), *requeue_overrides(200), f"hydra.run.dir={run}"]
@@ -299,8 +274,9 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=120)
-    assert process.returncode == 143
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert b"stopped by SIGTERM at global step" in stdout + stderr
 
     def requeue() -> None:
         env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
