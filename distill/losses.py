@@ -26,6 +26,8 @@ behaviour:
 - `power` (Parallel WaveNet's power loss, sequences): the squared distance between the average
   power spectra of student samples and of data (paired by context when conditional); without
   it, students of audio "whisper".
+- `log_power` (sequences): the same spectra compared on a log scale, floored relative to the
+  data's peak: every harmonic counts, not only the loudest, so it carries the pitch.
 
 One step, one draw: every loss takes an optional ``draw`` (`StudentDraw`), the step's samples
 x ~ q with their log-density and, for the per-step losses, each layer's parameters; the
@@ -121,6 +123,27 @@ def power(
         raise ValueError("the power loss needs a data batch")
     x = (draw or StudentDraw(student, teacher, num_samples, context)).x
     return power_loss(x, data, paired=context is not None).expand(x.shape[0])
+
+
+def log_power(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
+    draw: StudentDraw | None = None,
+) -> Tensor:
+    """The power loss on a log scale (`distill.spectral.log_power_loss`): the mean squared
+    difference of the log average power spectra of student samples and of the data batch,
+    floored 40 dB below the data's peak, paired as `power`: ``(num_samples,)``. Every bin above
+    the floor counts alike, so a note's weaker harmonics and a rumble below its fundamental
+    (what decides its pitch) weigh as much as its loudest peak."""
+    from distill.spectral import log_power_loss
+
+    if data is None:
+        raise ValueError("the log_power loss needs a data batch")
+    x = (draw or StudentDraw(student, teacher, num_samples, context)).x
+    return log_power_loss(x, data, paired=context is not None).expand(x.shape[0])
 
 
 def _per_sample(elementwise: Tensor, event_dims: int) -> Tensor:
@@ -397,10 +420,11 @@ LOSSES: dict[str, Loss] = {
     "forward_kl": forward_kl,
     "regression": regression,
     "power": power,
+    "log_power": log_power,
 }
 
 #: The losses that compare spectra rather than densities: not divided per step.
-SPECTRAL = frozenset({"power"})
+SPECTRAL = frozenset({"power", "log_power"})
 
 
 def values_per_sample(student: Flow, context: Tensor | None) -> int:
@@ -420,7 +444,7 @@ def values_per_sample(student: Flow, context: Tensor | None) -> int:
 PER_LAYER = frozenset({"reverse_kl_per_step", "reverse_kl_closed_form", "log_std_regularizer"})
 
 #: The losses that read a data batch.
-NEEDS_DATA = frozenset({"regression", "power"})
+NEEDS_DATA = frozenset({"regression", "power", "log_power"})
 
 
 Knots = Sequence[Sequence[float]]

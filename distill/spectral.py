@@ -54,6 +54,22 @@ def average_power_spectrum(x: Tensor, n_fft: int = 512, hop_length: int = 128) -
     return (spectrum.real.square() + spectrum.imag.square()).mean(-1)
 
 
+def _batch_spectra(samples: Tensor, data: Tensor, paired: bool, name: str) -> tuple[Tensor, Tensor]:
+    """The shape checks of the spectral losses: ``samples`` ``(N, ..., T)``, ``data`` of the
+    same shape when ``paired``, else ``(M, ..., T')``."""
+    if paired and samples.shape != data.shape:
+        raise ValueError(
+            f"paired {name} needs samples and data of one shape, got {tuple(samples.shape)} "
+            f"and {tuple(data.shape)}: pass paired=False to compare batch-averaged spectra"
+        )
+    if samples.dim() < 2 or samples.shape[1:-1] != data.shape[1:-1]:
+        raise ValueError(
+            f"{name} takes batches (N, ..., T) with the same middle dimensions, got "
+            f"{tuple(samples.shape)} and {tuple(data.shape)}"
+        )
+    return samples, data.to(samples)
+
+
 def power_loss(
     samples: Tensor,
     data: Tensor,
@@ -70,22 +86,44 @@ def power_loss(
     over each batch and the one scalar is returned broadcast to ``(N,)`` (its mean is the loss).
     Zero on identical inputs; differentiable w.r.t. ``samples``.
     """
-    if paired and samples.shape != data.shape:
-        raise ValueError(
-            f"paired power_loss needs samples and data of one shape, got {tuple(samples.shape)} "
-            f"and {tuple(data.shape)}: pass paired=False to compare batch-averaged spectra"
-        )
-    if samples.dim() < 2 or samples.shape[1:-1] != data.shape[1:-1]:
-        raise ValueError(
-            f"power_loss takes batches (N, ..., T) with the same middle dimensions, got "
-            f"{tuple(samples.shape)} and {tuple(data.shape)}"
-        )
+    samples, data = _batch_spectra(samples, data, paired, "power_loss")
     sample_power = average_power_spectrum(samples, n_fft, hop_length)
-    data_power = average_power_spectrum(data.to(samples), n_fft, hop_length)
+    data_power = average_power_spectrum(data, n_fft, hop_length)
     if not paired:
         sample_power, data_power = sample_power.mean(0, keepdim=True), data_power.mean(0, True)
     terms = (sample_power - data_power).square().flatten(1).sum(1)
     return terms.expand(len(samples))
+
+
+def log_power_loss(
+    samples: Tensor,
+    data: Tensor,
+    n_fft: int = 512,
+    hop_length: int = 128,
+    floor_db: float = -40.0,
+    paired: bool = True,
+) -> Tensor:
+    """The mean over frequencies (and channels) of the squared difference of log average power
+    spectra, each floored relative to the data's peak:
+    ``mean_f (log(phi_s(f) + e) - log(phi_d(f) + e))^2``, ``e = 10^(floor_db / 10) max_f
+    phi_d(f)`` (per data row and channel, no gradient), ``phi`` the `average_power_spectrum`.
+
+    Where `power_loss` weighs each frequency by the data's power squared, so that its value is
+    set by the loudest peak, this one weighs every frequency above the floor alike: a harmonic
+    or a sub-harmonic rumble at a tenth of the peak's power (what decides `estimate_pitch`)
+    costs as much as a mismatch at the peak; below ``floor_db`` (relative to the data's
+    strongest bin) differences are ignored. Shapes and ``paired`` as `power_loss`: ``(N,)``.
+    Zero on identical inputs; differentiable w.r.t. ``samples``.
+    """
+    samples, data = _batch_spectra(samples, data, paired, "log_power_loss")
+    sample_power = average_power_spectrum(samples, n_fft, hop_length)
+    data_power = average_power_spectrum(data, n_fft, hop_length).detach()
+    if not paired:
+        sample_power, data_power = sample_power.mean(0, keepdim=True), data_power.mean(0, True)
+    floor = 10.0 ** (floor_db / 10.0) * data_power.amax(-1, keepdim=True)
+    floor = floor.clamp_min(torch.finfo(floor.dtype).tiny)
+    terms = ((sample_power + floor).log() - (data_power + floor).log()).square()
+    return terms.flatten(1).mean(1).expand(len(samples))
 
 
 def log_spectral_distance(

@@ -9,6 +9,7 @@ from distill.spectral import (
     average_power_spectrum,
     estimate_pitch,
     log_mel_spectrogram,
+    log_power_loss,
     log_spectral_distance,
     mel_filterbank,
     power_loss,
@@ -61,6 +62,43 @@ def test_power_loss_is_zero_on_identical_inputs_and_has_gradients_otherwise():
     assert gradient.abs().sum() > 0
     with pytest.raises(ValueError, match="paired=False"):
         power_loss(samples, torch.randn(7, 1, 1024))
+
+
+def test_log_power_loss_is_zero_on_identical_inputs_scale_free_and_has_gradients():
+    data = torch.randn(4, 1, 1024, dtype=torch.float64)
+    assert torch.equal(log_power_loss(data, data.clone()), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(
+        log_power_loss(data, data.clone(), paired=False).abs().max(), data.new_zeros(())
+    )
+    samples = (data + 0.1 * torch.randn_like(data)).requires_grad_()
+    paired = log_power_loss(samples, data)
+    assert paired.shape == (4,) and (paired > 0).all()
+    (gradient,) = torch.autograd.grad(paired.sum(), samples)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    # the floor follows the data's peak: one gain on both sides changes nothing
+    torch.testing.assert_close(log_power_loss(3.0 * samples, 3.0 * data), paired)
+    unpaired = log_power_loss(samples, torch.randn(7, 1, 512), paired=False)
+    assert unpaired.shape == (4,) and len(set(unpaired.tolist())) == 1 and unpaired[0] > 0
+    with pytest.raises(ValueError, match="paired=False"):
+        log_power_loss(samples, torch.randn(7, 1, 1024))
+
+
+def test_log_power_loss_weighs_a_weak_harmonic_as_power_loss_does_not():
+    time = torch.arange(1024, dtype=torch.float64) / RATE
+
+    def note(fundamental: float, weak: float) -> torch.Tensor:  # a 200 Hz note, 3rd harmonic
+        wave = fundamental * torch.sin(2 * math.pi * 200 * time)
+        return (wave + weak * torch.sin(2 * math.pi * 600 * time + 1)).view(1, 1, -1)
+
+    data = note(1.0, 0.1)  # the harmonic 20 dB below the fundamental
+    quieter_fundamental, no_harmonic = note(0.5, 0.1), note(1.0, 0.0)
+    linear = power_loss(no_harmonic, data) / power_loss(quieter_fundamental, data)
+    logarithmic = log_power_loss(no_harmonic, data) / log_power_loss(quieter_fundamental, data)
+    assert linear.item() < 0.01  # the missing harmonic is invisible to the power loss
+    assert logarithmic.item() > 0.3  # comparable to a 6 dB error at the peak here
+    # below the floor (40 dB under the data's peak by default) differences are ignored
+    faint = note(1.0, 0.1) + 1e-4 * torch.sin(2 * math.pi * 1400 * time)
+    assert log_power_loss(faint, data).item() < 1e-3 * log_power_loss(no_harmonic, data).item()
 
 
 def test_log_spectral_distance_is_zero_for_the_same_set_and_grows_with_the_mismatch():
