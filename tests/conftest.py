@@ -1,5 +1,7 @@
 import distill  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch starts)
 
+import os
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -15,6 +17,18 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _outside_slurm(monkeypatch):
+    """No SLURM_* variable in any test's environment, so that the suite run inside an srun or
+    sbatch allocation behaves as outside it: with SLURM_JOB_ID set, a stopped stage ends its
+    process at once (os._exit, for the requeue), and in the test's process that is pytest's own
+    end; Lightning would also take the allocation's tasks for its own. A test that needs a
+    variable sets it with monkeypatch (or in its subprocess's env); jobs on the test cluster
+    get theirs from slurmd."""
+    for name in [name for name in os.environ if name.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -362,3 +362,24 @@ def test_a_read_only_run_directory_is_one_line(tmp_path):
         pass
     result = run_cli("distill-teacher", *MOONS, f"hydra.run.dir={read_only / 'run'}", cwd=tmp_path)
     assert "cannot write the run directory" in one_line_error(result)
+
+
+@pytest.mark.slow
+def test_the_suite_runs_inside_a_slurm_allocation():
+    """Run inside an srun or sbatch allocation, the exact-stop test above stops a stage in
+    pytest's own process; with SLURM's variables left in its environment the stage ended that
+    process (os._exit(143), for the requeue): no summary, no later test (tests/conftest.py now
+    removes them from every test)."""
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "SLURM_JOB_ID": "12345", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    test = "tests/test_reliability.py::test_a_requeued_job_logs_every_step_once_wherever_it_stopped"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", f"{test}[batch-6]", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.returncode, result.stdout[-2000:])
+    assert "1 passed" in result.stdout
