@@ -19,8 +19,8 @@ behaviour:
   the outer expectation over x_<i is sampled. Same cost as `reverse_kl`, lower variance.
   `log_std_regularizer` is ClariNet's penalty on the log-scale mismatch of those conditionals.
 - `forward_kl`: ``log p(x) - log q(x)``, x ~ p. Mode-covering. Needs the teacher's
-  sequential sampling and the student's sequential inverse: 2·D passes per layer, fine
-  for small D.
+  sequential sampling (log p from the same pass) and the student's sequential inverse:
+  2·D passes per layer, fine for small D.
 - `regression`: ``|student.forward(u) - x|^2`` with ``u = teacher.inverse(x)`` on data x: one
   parallel pass each, no sampling; a dense, "instructive" signal.
 - `power` (Parallel WaveNet's power loss, sequences): the squared distance between the average
@@ -79,10 +79,10 @@ def forward_kl(
 ) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
     teacher's samples; the student learns by maximum likelihood on them; ``draw`` is unused:
-    the samples are the teacher's)."""
+    the samples are the teacher's). log p(x) comes from the sampling pass itself (the noise
+    and the forward log-det), not from a second, density pass of the teacher."""
     with torch.no_grad():
-        x = teacher.sample(_sample_shape(num_samples, context), context)
-        log_p = teacher.log_prob(x, context)
+        x, log_p = teacher.sample_and_log_prob(_sample_shape(num_samples, context), context)
     return log_p - student.log_prob(x, context)
 
 

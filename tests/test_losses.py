@@ -343,3 +343,18 @@ def test_a_draw_without_per_layer_keeps_no_parameters():
     student, teacher = sequence_pair()
     with pytest.raises(ValueError, match="per_layer=True"):
         StudentDraw(student, teacher, 2).step_parameters()
+
+
+def test_forward_kl_takes_log_p_from_the_teachers_sampling_pass():
+    # log p(x) of the teacher's samples comes from their noise and the forward log-det: it must
+    # equal the teacher's density pass on the same x (a spline MAF with perturbed weights).
+    torch.manual_seed(0)
+    teacher = build_maf(2, num_layers=2, hidden_features=(16,), transform="spline").double()
+    teacher = perturb(teacher, 0.3, 0)
+    student = build_iaf(2, num_layers=1, hidden_features=(16,)).double()
+    torch.manual_seed(1)
+    terms = forward_kl(student, teacher, 64)
+    torch.manual_seed(1)
+    x = teacher.sample((64,))
+    expected = teacher.log_prob(x) - student.log_prob(x)
+    torch.testing.assert_close(terms, expected, rtol=0, atol=1e-10)
