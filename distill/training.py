@@ -112,10 +112,6 @@ def build_loggers(cfg: DictConfig, stage: str, stage_dir: Path) -> list[Logger]:
 
 
 WANDB_ID_FILE = "wandb_run_id"
-LIGHTNING_WANDB = (
-    "lightning.pytorch.loggers.WandbLogger",
-    "lightning.pytorch.loggers.wandb.WandbLogger",
-)
 
 
 def _wandb_logger(
@@ -152,8 +148,6 @@ def _wandb_logger(
             wandb.teardown()
     id_file = stage_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
-    if spec.get("_target_") in LIGHTNING_WANDB:  # the same, safe to stop (see wandb_setup)
-        spec = {**_placed(spec), "_target_": "distill.wandb_setup.SafeWandbLogger"}
     placed = _placed(
         spec,
         save_dir=str(stage_dir),

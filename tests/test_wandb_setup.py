@@ -1,4 +1,5 @@
-"""`wandb_can_go_online`: credentials found where W&B looks for them, never a prompt."""
+"""`wandb_can_go_online`: credentials found where W&B looks for them, never a prompt. The W&B
+logger the config names."""
 
 import os
 import pty
@@ -7,8 +8,10 @@ import sys
 
 import pytest
 import wandb
+from lightning.pytorch.loggers import WandbLogger
 
-from distill.wandb_setup import wandb_can_go_online
+from distill.training import build_loggers
+from distill.wandb_setup import SafeWandbLogger, finish_wandb, wandb_can_go_online
 
 KEY = "0123456789abcdef" * 3  # W&B wants 40+ word characters
 
@@ -94,3 +97,15 @@ def test_never_prompts_on_a_terminal(home):
         os.close(terminal)
     assert result.returncode == 0, output
     assert "(False, 'no W&B API key" in output
+
+
+def test_the_config_names_the_logger_that_runs(compose_config, wandb_env):
+    """`logger=wandb` is the W&B logger that survives a stop; Lightning's own, named
+    explicitly, is what a user gets."""
+    (logger,) = build_loggers(compose_config("teacher"), "teacher", wandb_env / "a")
+    assert type(logger) is SafeWandbLogger
+    finish_wandb()
+    target = "logger.wandb._target_=lightning.pytorch.loggers.WandbLogger"
+    (logger,) = build_loggers(compose_config("teacher", [target]), "teacher", wandb_env / "b")
+    assert type(logger) is WandbLogger
+    finish_wandb()
