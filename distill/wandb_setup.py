@@ -69,7 +69,8 @@ JOURNAL_ROWS = 10_000  # ... at most this many
 
 def finish_wandb(exit_code: int | None = None) -> None:
     """Finish the current W&B run; if W&B fails (its service gone), warn instead of raising and
-    release W&B's connection so that nothing fails again at the interpreter's exit."""
+    release W&B's connection and its current run, so that nothing fails again at the
+    interpreter's exit and a later logger of this process starts a run of its own."""
     import wandb
 
     try:
@@ -84,47 +85,67 @@ def finish_wandb(exit_code: int | None = None) -> None:
             wandb.teardown()
         except BaseException:  # it may even sys.exit with the service's exit code
             pass
+        # A finish that failed early (sending its telemetry) leaves the dead run as W&B's
+        # current one, which Lightning's W&B logger would take up instead of starting its own.
+        if wandb.run is not None:
+            from wandb.sdk.lib import module
+
+            module.unset_globals()
+
+
+# The run file: a header (":W&B", a 2-byte magic, a version byte), then LevelDB's log format:
+# blocks of 32 KiB, each holding chunks: a chunk header (a CRC-32 of the chunk's type and data,
+# a 2-byte length, a 1-byte type) and its data; a record (a protocol buffer) is one full chunk,
+# or a first chunk, any middle ones and a last. A block's last bytes, fewer than a chunk header,
+# are zero padding.
+RUN_FILE_MAGIC = b":W&B"
+RUN_FILE_HEADER_SIZE = 7
+BLOCK_SIZE = 32 * 1024
+CHUNK_HEADER = struct.Struct("<IHB")  # checksum, length, type: 7 bytes
+CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
 
 
 def read_history(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The history rows (``{key: value}``, as logged, with W&B's ``_step``, ``_runtime`` and
     ``_timestamp``) of a ``run-<id>.wandb`` file, read without W&B's service or network.
 
-    The file is W&B's transaction log: a 7-byte header, then records (protocol buffers) in chunks
-    of at most 32 KiB blocks, each chunk with a CRC-32 of its type and data. Reading stops at the
-    first torn or corrupt chunk: a file cut by a killed process yields the rows before the cut.
+    The file is W&B's transaction log: records (protocol buffers) in chunks within 32 KiB
+    blocks, each chunk with a CRC-32 of its type and data. Reading stops at the first torn or
+    corrupt chunk: a file cut by a killed process yields the rows before the cut.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
+    if not data.startswith(RUN_FILE_MAGIC):
         raise ValueError(f"{path} is not a W&B run file")
-    position, record = 7, b""
-    while position + 7 <= len(data):
-        left = _BLOCK - position % _BLOCK
-        if left < 7:  # a block's last bytes, too few for a chunk: padding
+    position, record = RUN_FILE_HEADER_SIZE, b""
+    while position + CHUNK_HEADER.size <= len(data):
+        left = BLOCK_SIZE - position % BLOCK_SIZE
+        if left < CHUNK_HEADER.size:
             position += left
             continue
-        checksum, length, kind = struct.unpack_from("<IHB", data, position)
-        chunk = data[position + 7 : position + 7 + length]
-        if kind not in (1, 2, 3, 4) or len(chunk) < length:
-            return
+        checksum, length, kind = CHUNK_HEADER.unpack_from(data, position)
+        start = position + CHUNK_HEADER.size
+        chunk = data[start : start + length]
+        if kind not in (CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST) or len(chunk) < length:
+            return  # unwritten space (a run still open), or the file's cut
         if zlib.crc32(bytes([kind]) + chunk) != checksum:
-            return
-        position += 7 + length
-        record = chunk if kind in (1, 2) else record + chunk  # full, first | middle, last
-        if kind in (2, 3):
+            return  # a corrupt chunk: nothing after it can be trusted
+        position = start + length
+        record = chunk if kind in (CHUNK_FULL, CHUNK_FIRST) else record + chunk
+        if kind in (CHUNK_FIRST, CHUNK_MIDDLE):
             continue
         parsed = wandb_internal_pb2.Record()
-        parsed.ParseFromString(record)
+        try:
+            parsed.ParseFromString(record)
+        except DecodeError:  # chunks that pass their checksums but do not join into a record
+            return
         if parsed.WhichOneof("record_type") == "history":
             yield {
                 item.key or ".".join(item.nested_key): _history_value(item)
                 for item in parsed.history.item
             }
-
-
-_BLOCK = 32 * 1024
 
 
 def _history_value(item: Any) -> Any:
