@@ -172,6 +172,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _define_safe_wandb_logger() -> type:
+    from lightning.fabric.utilities.logger import _add_prefix
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -245,6 +246,15 @@ def _define_safe_wandb_logger() -> type:
             older than those kept are missing too. Never raises."""
             if saved.get("run_id") != self.version or self._failed:
                 return
+            if self._wandb_init.get("sync_tensorboard"):
+                warnings.warn(
+                    "the stopped run's last W&B rows are not logged again: with "
+                    "sync_tensorboard, Lightning logs no trainer/global_step to W&B, so the rows "
+                    "its file holds cannot be told from those it lacks; the W&B curve may miss "
+                    "steps before the resume",
+                    stacklevel=2,
+                )
+                return
             try:
                 current = Path(self.experiment.dir).parent
                 found: dict[int, list[set[str]]] = {}
@@ -264,7 +274,9 @@ def _define_safe_wandb_logger() -> type:
                 return
 
             def written(step: int, keys: Any) -> bool:
-                return any(set(keys) <= seen for seen in found.get(step, ()))
+                # the journal keeps the keys as logged; the file, with the logger's prefix
+                logged = set(_add_prefix(dict.fromkeys(keys), self._prefix, self.LOGGER_JOIN_CHAR))
+                return any(logged <= seen for seen in found.get(step, ()))
 
             lost = [(step, row) for step, row in saved["rows"] if not written(step, row)]
             for step, row in lost:

@@ -214,6 +214,45 @@ def test_a_stopped_wandb_service_is_one_warning_and_its_rows_are_logged_again(wa
     assert steps_of(history(save_dir, step)) == list(range(step))  # each step once
 
 
+def test_a_prefixed_logger_logs_again_only_the_rows_its_file_lacks(wandb_env):
+    """Lightning adds the prefix as it logs (the file holds ``run-train/nll``, the journal
+    ``train/nll``): compared without it, every row looked lost and was logged twice."""
+    save_dir = wandb_env / "stage"
+    logger = SafeWandbLogger(
+        save_dir=str(save_dir), offline=True, project="distill-test", prefix="run"
+    )
+    log_rows(logger, range(20))
+    finish_wandb()  # every row written
+    assert steps_of(history(save_dir, 20), "run-train/nll") == list(range(20))
+    saved = logger.unwritten_rows()
+    saved["rows"] = saved["rows"][:15] + [[20, {"train/nll": 0.0}]]  # one row the file lacks
+
+    after_the_second_of(logger)
+    resumed = SafeWandbLogger(
+        save_dir=str(save_dir),
+        offline=True,
+        project="distill-test",
+        prefix="run",
+        id=logger.version,
+        resume="allow",
+    )
+    resumed.log_lost_rows(saved)
+    finish_wandb()
+    assert steps_of(history(save_dir, 21), "run-train/nll") == list(range(21))
+
+
+def test_with_sync_tensorboard_the_lost_rows_are_not_guessed(wandb_env):
+    """With ``sync_tensorboard``, Lightning logs no ``trainer/global_step`` to W&B: no row of
+    the file can be matched, and all of them would have been logged again."""
+    logger = SafeWandbLogger(
+        save_dir=str(wandb_env / "stage"), offline=True, id="abc123", sync_tensorboard=True
+    )
+    saved = {"run_id": "abc123", "rows": [[0, {"train/nll": 1.0}]], "before": None}
+    with pytest.warns(UserWarning, match="not logged again: with sync_tensorboard"):
+        logger.log_lost_rows(saved)
+    assert logger._experiment is None  # nothing logged: the run was not even started
+
+
 def test_the_config_names_the_logger_that_runs(compose_config, wandb_env):
     """`logger=wandb` is the W&B logger that survives a stop; Lightning's own, named
     explicitly, is what a user gets."""
