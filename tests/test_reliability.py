@@ -256,18 +256,40 @@ def check_requeue(requeue: Callable[[], None], run: Path, max_steps: int) -> int
     return stopped_at
 
 
+class Throttle(L.Callback):
+    """Sleeps ``seconds`` after every training batch: a floor under the time a run takes, so
+    that a test's timing holds however fast the machine."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *_) -> None:
+        time.sleep(self.seconds)
+
+
 @pytest.mark.slow
 def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     """What a SLURM requeue does, locally: SIGTERM (as `scontrol requeue` sends) from outside,
-    at whatever point training has reached half a second after the first checkpoint (some 40
-    of the 200 steps of this small flow): the run exits 143 having saved ``last.ckpt`` and
-    says so; then the same command again with SLURM_RESTART_COUNT set. (That the W&B run is
-    continued is tested in tests/test_sweeps.py.)"""
+    at whatever point training has reached half a second after the first checkpoint (step 4,
+    the first epoch's end): the run exits 143 having saved ``last.ckpt`` and says so; then the
+    same command again with SLURM_RESTART_COUNT set. Each step takes at least 10 ms
+    (``Throttle``): the 200 steps take 2 s or more on any machine, so the stop, sent some
+    0.7 s after step 4, lands mid-run (some 40 steps on; unthrottled, a machine 4 times faster
+    than this one finished first). (That the W&B run is continued is tested in
+    tests/test_sweeps.py.)"""
     run = tmp_path / "run"
     executable = Path(sys.executable).parent / "distill-teacher"
-    command = [str(executable), *requeue_overrides(200), f"hydra.run.dir={run}"]
+    throttle = [
+        f"+teacher.callbacks.throttle._target_={__name__}.Throttle",
+        "+teacher.callbacks.throttle.seconds=0.01",
+    ]
+    command = [str(executable), *requeue_overrides(200), *throttle, f"hydra.run.dir={run}"]
+    # the run imports this module for the callback
+    root = str(Path(__file__).parents[1])
+    path = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "best.ckpt").is_file() and time.monotonic() < deadline:
@@ -279,9 +301,13 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_steps(tmp_path):
     assert b"stopped by SIGTERM at global step" in stdout + stderr
 
     def requeue() -> None:
-        env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
         again = subprocess.run(
-            command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+            command,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**env, "SLURM_RESTART_COUNT": "1"},
+            timeout=300,
         )
         assert again.returncode == 0, again.stderr[-3000:]
 
