@@ -35,7 +35,7 @@ from torch.export import Dim
 from torch.export.graph_signature import InputKind, OutputKind
 
 import distill
-from distill.flows import Bijector, Flow, SequenceFlow, in_data_space
+from distill.flows import Bijector, Flow, SequenceFlow, WaveNet, in_data_space
 
 FORMATS = ("pt2", "onnx")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -121,17 +121,16 @@ def sequence_signature(flow: SequenceFlow) -> Signature:
     """The inputs of the sampler of a WaveNet flow over sequences: ``noise (N, C, T)`` of any
     length T, traced at the training length, and its context: none, global ``(N, G)``, or
     local ``(N, L, frames)`` (then T is ``hop * frames``, traced at 3 frames)."""
-    wavenet = flow.bijector.bijectors[0].conditioner  # every layer's is conditioned alike
+    global_features, local_features, hop = wavenet_context(flow)
     inputs: dict[str, tuple[int | str, ...]] = {"noise": (BATCH, flow.channels, LENGTH)}
     dims = {BATCH: Dim(BATCH, min=1), LENGTH: Dim(LENGTH, min=1)}
     sizes = {BATCH: 2, LENGTH: flow.length}
     context: dict[str, Any] | None = None
-    if wavenet.global_features:
-        inputs["context"] = (BATCH, wavenet.global_features)
+    if global_features:
+        inputs["context"] = (BATCH, global_features)
         context = {"kind": "global", "shape": list(inputs["context"])}
-    elif wavenet.local_features:
-        hop = wavenet.hop_length
-        inputs["context"] = (BATCH, wavenet.local_features, FRAMES)
+    elif local_features:
+        inputs["context"] = (BATCH, local_features, FRAMES)
         dims[FRAMES] = Dim(FRAMES, min=1)
         dims[LENGTH] = hop * dims[FRAMES]
         sizes.update({FRAMES: 3, LENGTH: 3 * hop})
@@ -142,6 +141,26 @@ def sequence_signature(flow: SequenceFlow) -> Signature:
         "context": context,
     }
     return Signature(inputs, dims, sizes, draw="torch.randn(N, C, T)", facts=facts)
+
+
+def wavenet_context(flow: SequenceFlow) -> tuple[int | None, int | None, int | None]:
+    """``(global_features, local_features, hop_length)`` of the context that the WaveNets of
+    ``flow`` read, wherever they sit in its bijector; a ValueError unless it has WaveNets and
+    they all read the same context."""
+    contexts = {
+        (module.global_features, module.local_features, module.hop_length)
+        for module in flow.bijector.modules()
+        if isinstance(module, WaveNet)
+    }
+    if len(contexts) != 1:
+        found = "no WaveNet" if not contexts else f"WaveNets reading different contexts {contexts}"
+        raise ValueError(
+            f"cannot export this sequence flow ({type(flow.bijector).__name__} bijector): its "
+            f"sampler's inputs are read from its WaveNet conditioners, and it has {found}; "
+            "export a flow of autoregressive WaveNet layers that share one conditioning "
+            "(distill.flows.build_wavenet_flow builds them)"
+        )
+    return contexts.pop()
 
 
 def trace_program(

@@ -15,8 +15,16 @@ import torch
 
 import distill
 from distill.cli.export import main
-from distill.export import export_program, metadata_path, trace_program
-from distill.flows import build_iaf, in_data_space
+from distill.export import export_program, metadata_path, sampler_signature, trace_program
+from distill.flows import (
+    Chain,
+    MaskedAutoregressiveWaveNet,
+    SequenceFlow,
+    StandardizeSequence,
+    build_iaf,
+    build_wavenet_iaf,
+    in_data_space,
+)
 from distill.models import StudentModule, TeacherModule
 from tests.test_sequences import notes
 
@@ -324,6 +332,42 @@ def test_conditional_flow_exports_with_a_context_input():
         torch.manual_seed(count)
         got = program(torch.randn(count, 2, dtype=torch.float64), context)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{}, {"global_features": 2}, {"local_features": 3, "hop_length": 4}],
+    ids=["none", "global", "local"],
+)
+def test_a_sequence_flow_is_described_however_its_wavenets_are_held(context):
+    """The sampler's inputs are read from the flow's WaveNets: a Chain of WaveNet layers (the
+    builders'), one layer alone, the flow seen in data space (its Chain inside another)."""
+    built = build_wavenet_iaf(length=16, layers_per_flow=[1], residual_channels=4, **context)
+    expected = sampler_signature(built)
+    (layer,) = built.bijector.bijectors
+    alone = SequenceFlow(layer, 1, 16, built.context_event_dims, built.hop_length)
+    for flow in (alone, in_data_space(built, StandardizeSequence(1))):
+        got = sampler_signature(flow)
+        assert (got.inputs, got.sizes, got.facts) == (
+            expected.inputs,
+            expected.sizes,
+            expected.facts,
+        )
+
+
+def wavenet_layer(**context) -> MaskedAutoregressiveWaveNet:
+    return MaskedAutoregressiveWaveNet(1, num_layers=1, residual_channels=4, **context)
+
+
+def test_a_sequence_flow_without_wavenets_is_refused_in_one_line():
+    """It was an AttributeError, deep in the export, for any bijector but a Chain."""
+    no_wavenet = SequenceFlow(StandardizeSequence(1), 1, 16)
+    with pytest.raises(ValueError, match="StandardizeSequence bijector.* has no WaveNet;") as error:
+        sampler_signature(no_wavenet)
+    assert "\n" not in str(error.value)
+    mixed = SequenceFlow(Chain([wavenet_layer(), wavenet_layer(global_features=2)]), 1, 16)
+    with pytest.raises(ValueError, match="WaveNets reading different contexts"):
+        sampler_signature(mixed)
 
 
 def error_line(capsys) -> str:
