@@ -200,6 +200,20 @@ def test_new_flows_start_near_the_identity():
     assert (x - u).abs().max() < 0.2 and log_det.abs().max() < 0.5
 
 
+def test_an_iaf_stack_sees_the_noise_of_its_summed_receptive_fields_only():
+    # x_t reads u_{t-H..t}, H the flows' receptive fields summed: two samples of a student
+    # more than H steps apart are independent, so it cannot hold a phase (a pitch) longer
+    flow = build_wavenet_iaf(channels=1, length=40, layers_per_flow=[3, 2]).double()
+    perturb(flow)
+    horizon = sum(layer.conditioner.receptive_field for layer in flow.bijector.bijectors)
+    assert horizon == (1 + 1 + 2 + 4) + (1 + 1 + 2)
+    u = torch.randn(1, 1, 40, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(flow.bijector(u)[0][0, 0, 30], u)
+    reached = gradient[0, 0].abs() > 0
+    assert reached[30 - horizon : 31].all()
+    assert not reached[: 30 - horizon].any() and not reached[31:].any()
+
+
 def test_follows_dtype():
     flow = build_wavenet_iaf(channels=1, length=16, layers_per_flow=[2]).double()
     x, log_q = flow.sample_and_log_prob(2)
