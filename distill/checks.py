@@ -53,6 +53,7 @@ STAGE_RULES: dict[str, Rule] = {
 }
 STUDENT_RULES: dict[str, Rule] = {
     "loss.num_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "loss.teacher_reuse": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "evaluation.num_kl_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "evaluation.num_timing_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "ema_decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -76,14 +76,70 @@ def forward_kl(
     data: Tensor | None = None,
     context: Tensor | None = None,
     draw: StudentDraw | None = None,
+    pool: TeacherSamplePool | None = None,
 ) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
     teacher's samples; the student learns by maximum likelihood on them; ``draw`` is unused:
     the samples are the teacher's). log p(x) comes from the sampling pass itself (the noise
-    and the forward log-det), not from a second, density pass of the teacher."""
-    with torch.no_grad():
-        x, log_p = teacher.sample_and_log_prob(_sample_shape(num_samples, context), context)
+    and the forward log-det), not from a second, density pass of the teacher. With a
+    ``pool`` the samples (and their contexts) are taken from it, each serving several steps."""
+    if pool is not None:
+        x, log_p, context = pool.take(teacher, num_samples, context)
+    else:
+        with torch.no_grad():
+            x, log_p = teacher.sample_and_log_prob(_sample_shape(num_samples, context), context)
     return log_p - student.log_prob(x, context)
+
+
+class TeacherSamplePool:
+    """The teacher's samples of `forward_kl` reused across steps, for when the teacher's
+    sequential sampling is most of a step's cost.
+
+    The pool holds ``reuse * n`` samples with their log p (and contexts), ``n`` the step's
+    ``num_samples``: filled at the first step, then each step replaces its oldest
+    ``ceil(n / reuse)`` with fresh draws and returns ``n`` rows of the pool drawn without
+    replacement, so a sample serves ``reuse`` steps on average and the teacher samples
+    ``reuse`` times fewer points per step. ``reuse=1`` is a fresh sample every step. The pool
+    lives in memory only: a resumed run fills a new one.
+    """
+
+    def __init__(self, reuse: int):
+        if not isinstance(reuse, int) or reuse < 1:
+            raise ValueError(f"loss.teacher_reuse must be an integer >= 1, got {reuse!r}")
+        self.reuse = reuse
+        self._rows: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._oldest = 0
+
+    def take(
+        self, teacher: Flow, num_samples: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(x, log p(x), contexts)`` of ``num_samples`` teacher samples, ``context`` the
+        step's ``num_samples`` contexts (fresh draws are conditioned on its first rows)."""
+        size = self.reuse * num_samples
+        if self._rows is None or len(self._rows[0]) != size:
+            self._rows = self._draw(teacher, size, context)
+            self._oldest = 0
+        else:
+            fresh = self._draw(teacher, -(-num_samples // self.reuse), context)
+            rows = torch.arange(len(fresh[0]), device=fresh[0].device)
+            rows = (rows + self._oldest) % size
+            for stored, new in zip(self._rows, fresh, strict=True):
+                if stored is not None:
+                    stored[rows] = new
+            self._oldest = (self._oldest + len(rows)) % size
+        chosen = torch.randperm(size, device=self._rows[0].device)[:num_samples]
+        return tuple(None if t is None else t[chosen] for t in self._rows)
+
+    @staticmethod
+    def _draw(
+        teacher: Flow, count: int, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``count`` fresh samples with their log p and contexts (the step's rows in turn)."""
+        if context is not None:
+            context = context[torch.arange(count, device=context.device) % len(context)]
+        with torch.no_grad():
+            x, log_p = teacher.sample_and_log_prob(_sample_shape(count, context), context)
+        return x, log_p, context
 
 
 def regression(
@@ -506,6 +562,9 @@ class DistillationObjective(nn.Module):
             objective throughout.
         draws_per_step: the draws of each step's value of `reverse_kl_per_step` (default 4);
             refused without that term.
+        teacher_reuse: how many steps a teacher sample of `forward_kl` serves on average
+            (`TeacherSamplePool`; 1, the default: fresh samples every step); refused without
+            that term. In training mode only: in eval mode (validation) the samples are fresh.
 
     Conditional flows: the contexts of the batch are the samples' contexts, ``num_samples``
     of them taken in turn from the batch (``context[i % B]``), data rows paired with them.
@@ -520,6 +579,7 @@ class DistillationObjective(nn.Module):
         clip: float | None = None,
         schedule: Mapping[str, Knots] | None = None,
         draws_per_step: int | None = None,
+        teacher_reuse: int = 1,
     ):
         super().__init__()
         unknown = sorted(set(terms) - set(LOSSES))
@@ -541,7 +601,13 @@ class DistillationObjective(nn.Module):
                 f"loss.draws_per_step={draws_per_step} is only read by the reverse_kl_per_step "
                 "term: add it to loss.terms or remove draws_per_step"
             )
+        if teacher_reuse != 1 and "forward_kl" not in terms:
+            raise ValueError(
+                f"loss.teacher_reuse={teacher_reuse} is only read by the forward_kl term: add it "
+                "to loss.terms or remove teacher_reuse"
+            )
         self.term_options = {"reverse_kl_per_step": {"draws": draws_per_step or 4}}
+        self.teacher_pool = TeacherSamplePool(teacher_reuse) if teacher_reuse != 1 else None
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip
@@ -570,6 +636,13 @@ class DistillationObjective(nn.Module):
         _, context = self._paired(None, context)
         terms = LOSSES[name](student, teacher, self.num_samples, None, context)
         return terms / values_per_sample(student, context)
+
+    def _options(self, name: str) -> dict:
+        """The term's keyword options; the teacher's sample pool in training mode only (like
+        dropout: validation, in eval mode, draws fresh samples and leaves the pool alone)."""
+        if name == "forward_kl" and self.teacher_pool is not None and self.training:
+            return {"pool": self.teacher_pool}
+        return self.term_options.get(name, {})
 
     def weights(self, progress: float | None = None) -> dict[str, float]:
         """Each term's weight at ``progress`` in [0, 1] (None: the final weights)."""
@@ -607,7 +680,7 @@ class DistillationObjective(nn.Module):
                 data,
                 context,
                 draw=draw,
-                **self.term_options.get(name, {}),
+                **self._options(name),
             )
             if name not in SPECTRAL:
                 per_sample = per_sample / values

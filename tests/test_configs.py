@@ -209,3 +209,12 @@ def test_every_experiment_runs_through_distill(compose_config, tmp_path, experim
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     kl = cfg.optimized_metric  # student/kl_trimmed_mean, per step for sequences
     assert on_disk[kl] == pytest.approx(metrics[kl])
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "abc"])
+def test_a_bad_teacher_reuse_is_refused_by_name(compose_config, value):
+    from distill.checks import ConfigError, validate
+
+    cfg = compose_config("distill", [f"student.loss.teacher_reuse={value}"])
+    with pytest.raises(ConfigError, match=rf"student.loss.teacher_reuse=.*{value}.* is not valid"):
+        validate(cfg, ("teacher", "student"))

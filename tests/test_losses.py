@@ -19,6 +19,7 @@ from distill.losses import (
     LOSSES,
     DistillationObjective,
     StudentDraw,
+    TeacherSamplePool,
     forward_kl,
     gaussian_conditionals,
     log_std_regularizer,
@@ -358,3 +359,59 @@ def test_forward_kl_takes_log_p_from_the_teachers_sampling_pass():
     x = teacher.sample((64,))
     expected = teacher.log_prob(x) - student.log_prob(x)
     torch.testing.assert_close(terms, expected, rtol=0, atol=1e-10)
+
+
+class CountingTeacher(torch.nn.Module):
+    """Wraps a teacher flow and records how many samples each of its draws asks for."""
+
+    def __init__(self, flow: Flow):
+        super().__init__()
+        self.flow, self.draws = flow, []
+
+    def sample_and_log_prob(self, shape, context=None):
+        self.draws.append(len(context) if context is not None else shape[0])
+        return self.flow.sample_and_log_prob(shape, context)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_teacher_sample_pool_reuses_samples_with_their_density_and_context(conditional):
+    torch.manual_seed(0)
+    features = 3 if conditional else None
+    teacher = build_maf(2, 2, (16,), transform="spline", context_features=features).double()
+    teacher = perturb(teacher, 0.3, 0)
+    counting, pool = CountingTeacher(teacher), TeacherSamplePool(reuse=4)
+    context = torch.randn(64, 3, dtype=torch.float64) if conditional else None
+    seen = []
+    for _ in range(6):
+        x, log_p, rows_context = pool.take(counting, 64, context)
+        assert x.shape == (64, 2) and log_p.shape == (64,)
+        # every row keeps its own density (and the context it was drawn with)
+        torch.testing.assert_close(log_p, teacher.log_prob(x, rows_context), rtol=1e-9, atol=1e-8)
+        if conditional:
+            assert rows_context.shape == (64, 3)
+            assert all((context == row).all(1).any() for row in rows_context)
+        seen.append(x)
+    # a pool of 4 x 64 filled once, then 64 / 4 fresh samples a step
+    assert counting.draws == [256, 16, 16, 16, 16, 16]
+    # rows drawn without replacement: no duplicate within a step; steps share samples
+    assert len(torch.unique(seen[1], dim=0)) == 64
+    shared = (seen[1][:, None] == seen[2][None]).all(-1).any(1).sum()
+    assert 0 < shared < 64
+
+
+def test_the_teacher_sample_pool_is_for_training_only():
+    torch.manual_seed(0)
+    teacher = perturb(build_maf(2, 2, (16,), transform="spline").double(), 0.3, 0)
+    student = build_iaf(2, num_layers=1, hidden_features=(16,)).double()
+    objective = DistillationObjective({"forward_kl": 1.0}, num_samples=32, teacher_reuse=4)
+    counting = CountingTeacher(teacher)
+    objective(student, counting)
+    objective(student, counting)
+    assert counting.draws == [128, 8]  # the pool, then a quarter of a step's samples
+    objective.eval()
+    objective(student, counting)
+    assert counting.draws == [128, 8, 32]  # validation: fresh samples, the pool untouched
+    with pytest.raises(ValueError, match="teacher_reuse=4 is only read by the forward_kl"):
+        DistillationObjective({"reverse_kl": 1.0}, teacher_reuse=4)
+    with pytest.raises(ValueError, match="teacher_reuse must be an integer >= 1"):
+        DistillationObjective({"forward_kl": 1.0}, teacher_reuse=0)
