@@ -10,8 +10,9 @@
 Every run is one command line of the package's own entry points (`distill`, `distill-student`)
 with ``OMP_NUM_THREADS=1``, at most ``--jobs`` at once (the machine has 2 shared cores), into
 ``experiments/runs/distill_study/<name>/`` (git-ignored). A run whose ``metrics.json`` exists is
-skipped (``--force`` re-runs it). Students of the loss study distill the teacher of a main-job
-run (``teacher.ckpt=<that run>/teacher/checkpoints/best.ckpt``), so they differ only in the
+skipped (``--force`` re-runs it, keeping the old directory as ``<name>.replaced-<time>``).
+Students of the loss study distill the teacher of a main-job run
+(``teacher.ckpt=<that run>/teacher/checkpoints/best.ckpt``), so they differ only in the
 student. The gatherer (`distill.dashboard.load_run`) writes every run's metrics, command and
 wall time to ``experiments/results/distill_study.json`` and the tables to
 ``experiments/results/distill_study.md``.
@@ -161,7 +162,10 @@ def run(entry: Run, force: bool) -> None:
     teacher_done = RUNS / f"{entry.teacher}.wall.json"
     while entry.teacher and not teacher_done.exists():
         time.sleep(5)  # its teacher's run is still going (in the other worker)
-    entry.directory.mkdir(parents=True, exist_ok=True)
+    if entry.directory.exists():  # a forced re-run: the commands refuse to overwrite a run
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        entry.directory.rename(entry.directory.with_name(f"{entry.name}.replaced-{stamp}"))
+    entry.directory.mkdir(parents=True)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
