@@ -88,9 +88,12 @@ def finish_wandb(exit_code: int | None = None) -> None:
         # A finish that failed early (sending its telemetry) leaves the dead run as W&B's
         # current one, which Lightning's W&B logger would take up instead of starting its own.
         if wandb.run is not None:
-            from wandb.sdk.lib import module
+            try:
+                from wandb.sdk.lib import module
 
-            module.unset_globals()
+                module.unset_globals()
+            except Exception:  # W&B's internals moved: what Lightning's logger looks at
+                wandb.run = None
 
 
 # The run file: a header (":W&B", a 2-byte magic, a version byte), then LevelDB's log format:
