@@ -36,21 +36,29 @@ BIN = Path(sys.executable).parent
 MAIN = "notes"
 TEACHER = RUNS / MAIN / "teacher" / "checkpoints" / "best.ckpt"
 
+#: the student shape of experiment=notes before session 5, which the ablation rows ran with
+FOUR_FLOWS = "student.flow.layers_per_flow=[6,6,6,6]"
+
 #: name -> (command, overrides); the students distill the teacher of the main run
 STUDY = {
     MAIN: ("distill", ["experiment=notes"]),
+    "pitch-1500": (  # the pitch target: the same student trained 2.5x longer
+        "distill-student",
+        ["experiment=notes", "student.trainer.max_steps=1500", f"teacher.ckpt={TEACHER}"],
+    ),
     "no-power": (
         "distill-student",
-        ["experiment=notes", "student.loss.terms.power=0", f"teacher.ckpt={TEACHER}"],
+        ["experiment=notes", FOUR_FLOWS, "student.loss.terms.power=0", f"teacher.ckpt={TEACHER}"],
     ),
     "clarinet": (
         "distill-student",
-        ["experiment=notes", "loss@student.loss=clarinet", f"teacher.ckpt={TEACHER}"],
+        ["experiment=notes", FOUR_FLOWS, "loss@student.loss=clarinet", f"teacher.ckpt={TEACHER}"],
     ),
     "reverse-kl": (  # the experiment's power term joins the loss file's terms
         "distill-student",
         [
             "experiment=notes",
+            FOUR_FLOWS,
             "loss@student.loss=reverse_kl",
             "student.loss.num_samples=16",
             f"teacher.ckpt={TEACHER}",
