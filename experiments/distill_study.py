@@ -74,8 +74,9 @@ class Run:
 # The student study on SIGGRAPH, each a distill-student override list on the teacher of the
 # main job (`default-seed0`, whose student was a 2-layer spline IAF of MADE 64x64, 32 bins,
 # forward KL with 1,024 samples, lr 3e-3, 2,500 steps, init=identity) with one thing changed.
-# `sig-2x128` (MADE 128x128) is the shipped default student since: the default job = the
-# teacher of `default-seed0` + `sig-2x128`.
+# `sig-2x128` (MADE 128x128) was the default student of session 4. Session 5 made the default
+# teacher 6 layers of 48 bins and the student 48 bins (experiments/README.md): re-running these
+# rows (`--force`) distills the new `default-seed0`'s teacher.
 SIGGRAPH_STUDENTS = {
     "2x128": ["student.flow.hidden_features=[128,128]"],
     "scheduled": ["loss@student.loss=scheduled"],
@@ -132,7 +133,8 @@ def registry() -> list[Run]:
             f"sig-{tag}",
             "distill-student",
             overrides,
-            "the student on SIGGRAPH, one change from the default (the main job's teacher)",
+            "the student on SIGGRAPH, one change from session 4's default (its main job's "
+            "5-layer, 32-bin teacher; rows not re-run since)",
             teacher="default-seed0",
         )
         for tag, overrides in SIGGRAPH_STUDENTS.items()
