@@ -218,3 +218,27 @@ def test_a_bad_teacher_reuse_is_refused_by_name(compose_config, value):
     cfg = compose_config("distill", [f"student.loss.teacher_reuse={value}"])
     with pytest.raises(ConfigError, match=rf"student.loss.teacher_reuse=.*{value}.* is not valid"):
         validate(cfg, ("teacher", "student"))
+
+
+def test_cpu_threads_is_one_unless_the_environment_or_the_user_says(monkeypatch):
+    import torch
+
+    from distill.cli.common import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        set_cpu_threads("auto")
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        set_cpu_threads("auto")  # the environment's value stands
+        assert torch.get_num_threads() == 2
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        for bad in (0, "abc", 1.5, True):
+            with pytest.raises(ValueError, match="cpu_threads=.* is not valid: it must be auto"):
+                set_cpu_threads(bad)
+    finally:
+        torch.set_num_threads(before)
