@@ -86,13 +86,25 @@ def power_loss(
     over each batch and the one scalar is returned broadcast to ``(N,)`` (its mean is the loss).
     Zero on identical inputs; differentiable w.r.t. ``samples``.
     """
-    samples, data = _batch_spectra(samples, data, paired, "power_loss")
-    sample_power = average_power_spectrum(samples, n_fft, hop_length)
-    data_power = average_power_spectrum(data, n_fft, hop_length)
-    if not paired:
-        sample_power, data_power = sample_power.mean(0, keepdim=True), data_power.mean(0, True)
+    sample_power, data_power = _compared_spectra(
+        samples, data, paired, "power_loss", n_fft, hop_length
+    )
     terms = (sample_power - data_power).square().flatten(1).sum(1)
     return terms.expand(len(samples))
+
+
+def _compared_spectra(
+    samples: Tensor, data: Tensor, paired: bool, name: str, n_fft: int, hop_length: int
+) -> tuple[Tensor, Tensor]:
+    """The average power spectra of ``samples`` and ``data`` (no gradient: the data are
+    fixed) that `power_loss` and `log_power_loss` compare: per row when ``paired``, else
+    averaged over each batch (one row each)."""
+    samples, data = _batch_spectra(samples, data, paired, name)
+    sample_power = average_power_spectrum(samples, n_fft, hop_length)
+    data_power = average_power_spectrum(data, n_fft, hop_length).detach()
+    if not paired:
+        sample_power, data_power = sample_power.mean(0, keepdim=True), data_power.mean(0, True)
+    return sample_power, data_power
 
 
 def log_power_loss(
@@ -115,11 +127,9 @@ def log_power_loss(
     strongest bin) differences are ignored. Shapes and ``paired`` as `power_loss`: ``(N,)``.
     Zero on identical inputs; differentiable w.r.t. ``samples``.
     """
-    samples, data = _batch_spectra(samples, data, paired, "log_power_loss")
-    sample_power = average_power_spectrum(samples, n_fft, hop_length)
-    data_power = average_power_spectrum(data, n_fft, hop_length).detach()
-    if not paired:
-        sample_power, data_power = sample_power.mean(0, keepdim=True), data_power.mean(0, True)
+    sample_power, data_power = _compared_spectra(
+        samples, data, paired, "log_power_loss", n_fft, hop_length
+    )
     floor = 10.0 ** (floor_db / 10.0) * data_power.amax(-1, keepdim=True)
     floor = floor.clamp_min(torch.finfo(floor.dtype).tiny)
     terms = ((sample_power + floor).log() - (data_power + floor).log()).square()
