@@ -158,7 +158,7 @@ def set_cpu_threads(value: Any) -> None:
     """Torch's intra-op threads on CPU (``cpu_threads``): an integer >= 1, or ``auto``: one
     thread unless the environment sets ``OMP_NUM_THREADS`` (then torch's reading of it). The
     flows of this package are small (a few 128-wide layers on batches of 512): on 2 cores the
-    default job took 571 s with torch's default of one thread per core and 265 s with one."""
+    default job took 571 s with torch's default of one thread per core and 266 s with one."""
     if value == "auto":
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)
