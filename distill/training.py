@@ -304,7 +304,10 @@ def fit(
     trainer = build_trainer(stage_cfg, loggers, stage_dir, [LogConfig(config)])
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        with warnings.catch_warnings():
+            if stage == "student":  # its frozen teacher (and EMA) are in eval mode by design
+                warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except SIGTERMException:
         log.error(
             "stopped by SIGTERM at global step %d; resume with %s.resume=last and "

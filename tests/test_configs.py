@@ -242,3 +242,12 @@ def test_cpu_threads_is_one_unless_the_environment_or_the_user_says(monkeypatch)
                 set_cpu_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_student_run_does_not_warn_about_its_frozen_teacher(compose_config, recwarn):
+    """The student's teacher is in eval mode by design: Lightning's warning about modules in
+    eval mode would be noise on every run, so the student stage silences that one message."""
+    overrides = ["data=moons", *TINY, "data.num_train=600", "data.num_val=100", *SMALL_FLOWS]
+    run_pipeline(compose_config("distill", overrides + ["data.num_test=100"]))
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "in eval mode at the start of training" in m]
