@@ -158,6 +158,7 @@ def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
         )
     for key, rule in GLOBAL_RULES.items():
         _check(cfg, key, rule)
+    _check_optimized_metric(cfg, stages)
     for stage in stages:
         rules = {**STAGE_RULES, **(STUDENT_RULES if stage == "student" else {})}
         for key, rule in rules.items():
@@ -176,6 +177,23 @@ def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
             _per_step_flows(cfg, "reverse_kl_closed_form", affine=True)
         if "reverse_kl_per_step" in terms:
             _per_step_flows(cfg, "reverse_kl_per_step", affine=False)
+
+
+def _check_optimized_metric(cfg: DictConfig, stages: Iterable[str]) -> None:
+    """``optimized_metric`` must be a metric the command reports: ``data/...``, ``teacher/...``
+    (the student stage reports its teacher's figures too) or ``student/...`` when the student
+    runs. Which keys exist within a namespace is known only after the run, which checks it."""
+    key = _get(cfg, "optimized_metric")
+    if key is None:
+        return
+    namespaces = {"data", "teacher", *stages}
+    namespace = str(key).split("/", 1)[0]
+    if "/" not in str(key) or namespace not in namespaces:
+        raise ConfigError(
+            f"optimized_metric={key} is not a metric this command reports: it must start "
+            f"with one of {', '.join(f'{n}/' for n in sorted(namespaces))} "
+            "(e.g. teacher/test_nll, student/kl_trimmed_mean)"
+        )
 
 
 def _check_schedule(cfg: DictConfig) -> None:

@@ -251,3 +251,17 @@ def test_a_student_run_does_not_warn_about_its_frozen_teacher(compose_config, re
     run_pipeline(compose_config("distill", overrides + ["data.num_test=100"]))
     messages = [str(w.message) for w in recwarn]
     assert not [m for m in messages if "in eval mode at the start of training" in m]
+
+
+@pytest.mark.parametrize(
+    ("config", "stages", "metric"),
+    [("teacher", ("teacher",), "student/kl_trimmed_mean"), ("distill", ("teacher", "student"), "kl")],
+)
+def test_an_optimized_metric_the_command_cannot_report_is_refused_before_training(
+    compose_config, config, stages, metric
+):
+    from distill.checks import ConfigError, validate
+
+    validate(compose_config(config, []), stages)  # the shipped values pass
+    with pytest.raises(ConfigError, match=rf"optimized_metric={metric} is not a metric"):
+        validate(compose_config(config, [f"optimized_metric={metric}"]), stages)
