@@ -76,13 +76,14 @@ def forward_kl(
     data: Tensor | None = None,
     context: Tensor | None = None,
     draw: StudentDraw | None = None,
-    pool: TeacherSamplePool | None = None,
+    pool: TeacherSamplePool | TeacherSampleBank | None = None,
 ) -> Tensor:
     """Monte Carlo KL(p || q) terms ``log p(x) - log q(x)``, ``x ~ p`` (no gradient to the
     teacher's samples; the student learns by maximum likelihood on them; ``draw`` is unused:
     the samples are the teacher's). log p(x) comes from the sampling pass itself (the noise
     and the forward log-det), not from a second, density pass of the teacher. With a
-    ``pool`` the samples (and their contexts) are taken from it, each serving several steps."""
+    ``pool`` (or a bank) the samples (and their contexts) are taken from it, each serving
+    several steps."""
     if pool is not None:
         x, log_p, context = pool.take(teacher, num_samples, context)
     else:
@@ -140,6 +141,43 @@ class TeacherSamplePool:
         with torch.no_grad():
             x, log_p = teacher.sample_and_log_prob(_sample_shape(count, context), context)
         return x, log_p, context
+
+
+class TeacherSampleBank:
+    """A fixed bank of ``size`` teacher samples for `forward_kl`, drawn once, at the first step,
+    in chunks of at most ``chunk``; every step then takes ``num_samples`` rows of it at random
+    (without replacement within a step). The teacher never samples again, so a step costs the
+    student's part only: for a MAF teacher at D = 64, whose sampling is 64 sequential steps per
+    layer, that is most of a fresh step. The bank is finite (a student can overfit it: make it
+    large against the steps x samples it serves) and lives in memory only. Unconditional flows
+    only: a conditional student would see the first batch's contexts for ever (use
+    `TeacherSamplePool`).
+    """
+
+    def __init__(self, size: int, chunk: int = 4096):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"loss.teacher_bank must be an integer >= 1, got {size!r}")
+        self.size, self.chunk = size, chunk
+        self._rows: tuple[Tensor, Tensor] | None = None
+
+    def take(
+        self, teacher: Flow, num_samples: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, None]:
+        """``(x, log p(x), None)`` for ``num_samples`` rows of the bank."""
+        if context is not None:
+            raise ValueError(
+                "loss.teacher_bank holds samples drawn once without contexts, but this flow is "
+                "conditional: use loss.teacher_reuse instead"
+            )
+        if self._rows is None:
+            with torch.no_grad():
+                chunks = [
+                    teacher.sample_and_log_prob((min(self.chunk, self.size - start),))
+                    for start in range(0, self.size, self.chunk)
+                ]
+            self._rows = (torch.cat([x for x, _ in chunks]), torch.cat([lp for _, lp in chunks]))
+        chosen = torch.randperm(self.size, device=self._rows[0].device)[:num_samples]
+        return self._rows[0][chosen], self._rows[1][chosen], None
 
 
 def regression(
@@ -565,6 +603,10 @@ class DistillationObjective(nn.Module):
         teacher_reuse: how many steps a teacher sample of `forward_kl` serves on average
             (`TeacherSamplePool`; 1, the default: fresh samples every step); refused without
             that term. In training mode only: in eval mode (validation) the samples are fresh.
+        teacher_bank: if set, `forward_kl` takes its samples from a fixed bank of this many
+            teacher samples drawn once (`TeacherSampleBank`) instead; refused without that
+            term, with ``teacher_reuse`` or below ``num_samples``. Training mode only, as
+            ``teacher_reuse``: validation's fresh samples show when the student overfits it.
 
     Conditional flows: the contexts of the batch are the samples' contexts, ``num_samples``
     of them taken in turn from the batch (``context[i % B]``), data rows paired with them.
@@ -580,6 +622,7 @@ class DistillationObjective(nn.Module):
         schedule: Mapping[str, Knots] | None = None,
         draws_per_step: int | None = None,
         teacher_reuse: int = 1,
+        teacher_bank: int | None = None,
     ):
         super().__init__()
         unknown = sorted(set(terms) - set(LOSSES))
@@ -606,8 +649,23 @@ class DistillationObjective(nn.Module):
                 f"loss.teacher_reuse={teacher_reuse} is only read by the forward_kl term: add it "
                 "to loss.terms or remove teacher_reuse"
             )
+        self.teacher_pool: TeacherSamplePool | TeacherSampleBank | None = (
+            TeacherSamplePool(teacher_reuse) if teacher_reuse != 1 else None
+        )
+        if teacher_bank is not None:
+            if "forward_kl" not in terms or teacher_reuse != 1:
+                raise ValueError(
+                    f"loss.teacher_bank={teacher_bank} is read by the forward_kl term alone and "
+                    "replaces teacher_reuse: add forward_kl to loss.terms and leave "
+                    "teacher_reuse at 1, or remove teacher_bank"
+                )
+            self.teacher_pool = TeacherSampleBank(teacher_bank)
+            if teacher_bank < num_samples:
+                raise ValueError(
+                    f"loss.teacher_bank={teacher_bank} is smaller than loss.num_samples="
+                    f"{num_samples}: the bank must hold at least one step's samples"
+                )
         self.term_options = {"reverse_kl_per_step": {"draws": draws_per_step or 4}}
-        self.teacher_pool = TeacherSamplePool(teacher_reuse) if teacher_reuse != 1 else None
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip

@@ -19,6 +19,7 @@ from distill.losses import (
     LOSSES,
     DistillationObjective,
     StudentDraw,
+    TeacherSampleBank,
     TeacherSamplePool,
     forward_kl,
     gaussian_conditionals,
@@ -415,3 +416,42 @@ def test_the_teacher_sample_pool_is_for_training_only():
         DistillationObjective({"reverse_kl": 1.0}, teacher_reuse=4)
     with pytest.raises(ValueError, match="teacher_reuse must be an integer >= 1"):
         DistillationObjective({"forward_kl": 1.0}, teacher_reuse=0)
+
+
+def test_the_teacher_sample_bank_is_drawn_once_and_serves_every_training_step():
+    torch.manual_seed(0)
+    teacher = perturb(build_maf(2, 2, (16,), transform="spline").double(), 0.3, 0)
+    student = build_iaf(2, num_layers=1, hidden_features=(16,)).double()
+    counting, bank = CountingTeacher(teacher), TeacherSampleBank(100, chunk=40)
+    seen = []
+    for _ in range(3):
+        x, log_p, context = bank.take(counting, 32)
+        assert x.shape == (32, 2) and context is None
+        torch.testing.assert_close(log_p, teacher.log_prob(x), rtol=1e-9, atol=1e-8)
+        assert len(torch.unique(x, dim=0)) == 32  # no row twice within a step
+        seen.append(x)
+    assert counting.draws == [40, 40, 20]  # drawn once, in chunks; never again
+    assert len(torch.unique(torch.cat(seen), dim=0)) <= 100
+    objective = DistillationObjective({"forward_kl": 1.0}, num_samples=32, teacher_bank=64)
+    objective(student, counting)
+    objective(student, counting)
+    assert counting.draws[3:] == [64]
+    objective.eval()
+    objective(student, counting)
+    assert counting.draws[3:] == [64, 32]  # validation: fresh samples, the bank untouched
+    with pytest.raises(ValueError, match="contexts"):
+        bank.take(counting, 32, torch.zeros(32, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("terms", "options", "match"),
+    [
+        ({"reverse_kl": 1.0}, {"teacher_bank": 64}, "read by the forward_kl term alone"),
+        ({"forward_kl": 1.0}, {"teacher_bank": 64, "teacher_reuse": 4}, "replaces teacher_reuse"),
+        ({"forward_kl": 1.0}, {"teacher_bank": 16}, "smaller than loss.num_samples=32"),
+        ({"forward_kl": 1.0}, {"teacher_bank": 0}, "teacher_bank must be an integer >= 1"),
+    ],
+)
+def test_the_teacher_sample_bank_refuses_settings_it_would_not_read(terms, options, match):
+    with pytest.raises(ValueError, match=match):
+        DistillationObjective(terms, num_samples=32, **options)
