@@ -194,3 +194,29 @@ def test_wandb_offline_run_curves(wandb_env: Path):
     assert curves[0] == (0.0, 2.0) and curves[-1] == (steps - 1.0, 2.0 / steps)
     official = [item["train/nll"] for item in _wandb_history_by_leet(run_file)]
     assert official == [value for _, value in curves]
+
+
+def test_a_resumed_run_replaces_the_steps_it_logged_again(tmp_path: Path):
+    """After a hard kill the run resumes from its last saved step and logs the steps after it
+    again into a new CSV version: the curve keeps the resumed launch's points, each step once."""
+    run_dir = make_run(tmp_path / "r", [], {"teacher/test_nll": 1.0})
+    resumed = run_dir / "csv" / "version_1"
+    resumed.mkdir()
+    with open(resumed / "metrics.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["epoch", "step", "train/nll", "val/nll"])
+        writer.writerows([[1, 59, 1.1, ""], [1, 79, 1.0, ""], [1, 79, "", 1.4]])
+    curves, _ = read_curves(find_runs([tmp_path]))
+    assert curves["teacher"]["train/nll"]["r"] == [(19.0, 2.0), (59.0, 1.1), (79.0, 1.0)]
+    assert curves["teacher"]["val/nll"]["r"] == [(39.0, 1.5), (79.0, 1.4)]
+
+
+def test_launches_continue_each_other():
+    from distill.dashboard.runs import continued
+
+    first = {"train/loss": [(0.0, 3.0), (10.0, 2.0), (20.0, 1.9)], "val/loss": [(20.0, 2.5)]}
+    second = {"train/loss": [(20.0, 1.8), (30.0, 1.7)]}  # resumed from step 10's checkpoint
+    assert continued([first, second, {}]) == {
+        "train/loss": [(0.0, 3.0), (10.0, 2.0), (20.0, 1.8), (30.0, 1.7)]
+    }  # val/loss at 20 belonged to the lost launch: dropped with it
+    assert continued([]) == {}

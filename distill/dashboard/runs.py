@@ -224,12 +224,30 @@ def failure_message(path: Path) -> str:
 # Training curves
 
 
+def continued(launches: Iterable[Mapping[str, Curve]]) -> dict[str, Curve]:
+    """One stage's curves from its launches in order (a resumed run logs into a new CSV
+    version or W&B folder). A launch replaces the points an earlier one logged at or after its
+    own first step: after a hard kill, training resumes from the last saved step and logs the
+    steps after it again, and those, not the lost run's, belong to the curve."""
+    curves: dict[str, Curve] = {}
+    for launch in launches:
+        steps = [x for points in launch.values() for x, _ in points]
+        if not steps:
+            continue
+        start = min(steps)
+        curves = {key: [(x, y) for x, y in points if x < start] for key, points in curves.items()}
+        for key, points in launch.items():
+            curves.setdefault(key, []).extend(points)
+    return {key: points for key, points in curves.items() if points}
+
+
 def read_csv_curves(directory: Path) -> dict[str, Curve]:
     """The ``train/*`` and ``val/*`` curves of Lightning's CSV logger under ``directory``
     (``csv/version_*/metrics.csv``, versions in order: a resumed run continues in the next
-    one), x = the ``step`` column."""
-    curves: dict[str, Curve] = {}
+    one, see `continued`), x = the ``step`` column."""
+    launches = []
     for path in sorted(directory.glob("csv/version_*/metrics.csv"), key=_natural_key):
+        curves: dict[str, Curve] = {}
         with open(path, newline="") as file:
             for row in csv.DictReader(file):
                 step = row.get("step")
@@ -238,7 +256,8 @@ def read_csv_curves(directory: Path) -> dict[str, Curve]:
                 for key, text in row.items():
                     if key and key.startswith(CURVE_PREFIXES) and text:
                         curves.setdefault(key, []).append((float(step), float(text)))
-    return curves
+        launches.append(curves)
+    return continued(launches)
 
 
 def read_wandb_curves(run_file: Path) -> dict[str, Curve]:
@@ -299,10 +318,13 @@ def read_curves(runs: Iterable[Run]) -> tuple[dict[str, dict[str, dict[str, Curv
     if wandb_jobs:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = list(pool.map(_try_read_wandb, [file for _, _, file in wandb_jobs]))
+        launches: dict[tuple[str, str], list[dict[str, Curve]]] = {}
         for (stage, name, _), (stage_curves, note) in zip(wandb_jobs, results, strict=True):
             if note:
                 notes.append(f"{name} ({stage}): curves skipped, {note}")
-            _add(curves, stage, name, stage_curves)
+            launches.setdefault((stage, name), []).append(stage_curves)
+        for (stage, name), stage_launches in launches.items():
+            _add(curves, stage, name, continued(stage_launches))
     return curves, notes
 
 
