@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -222,6 +224,51 @@ class SaveOnTerminate(L.Callback):
         self.next_row = None
 
 
+class DeferredRequeue:
+    """submitit's time-limit (and preemption) signal, deferred to the end of a training step.
+
+    submitit answers its signal (SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise,
+    sent ``signal_delay_s`` before the time limit) by requeueing the job and exiting from
+    inside its handler, wherever training is: the stage lost its steps since the last
+    epoch-end checkpoint, and a state caught half-way through an optimizer step could not be
+    saved. While a stage trains, this context takes that signal instead and sends the process
+    SIGTERM, which Lightning turns into a stop after the current step, where `SaveOnTerminate`
+    writes ``last.ckpt``; `fit` then calls `requeue`, submitit's own handler, which requeues
+    the job (rank 0) and exits. Outside submitit, or off the main thread, it does nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handler: Any = None
+        self.received = False
+
+    def __enter__(self) -> DeferredRequeue:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                handler = signal.getsignal(signum)
+                if getattr(handler, "__name__", "") == "checkpoint_and_try_requeue":
+                    self.signum, self.handler = signum, handler
+                    signal.signal(signum, self._defer)
+                    break
+        return self
+
+    def _defer(self, signum: int, frame: Any) -> None:
+        log.warning(
+            "received %s (a time limit or a preemption): stopping after this step",
+            signal.Signals(signum).name,
+        )
+        self.received = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.signum is not None:
+            signal.signal(self.signum, self.handler)
+
+    def requeue(self) -> None:
+        """If the signal came: submitit's handler (requeue the job, then exit)."""
+        if self.received:
+            self.handler(self.signum, None)
+
+
 class LogConfig(L.Callback):
     """Logs the resolved config as hyper-parameters from inside the training processes. Logged
     from the launching process before ``fit``, a logger's writer would exist before a
@@ -303,8 +350,9 @@ def fit(
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(stage_cfg, loggers, stage_dir, [LogConfig(config)])
     start = time.perf_counter()
+    deferred = DeferredRequeue()
     try:
-        with warnings.catch_warnings():
+        with deferred, warnings.catch_warnings():
             if stage == "student":  # its frozen teacher (and EMA) are in eval mode by design
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -320,6 +368,7 @@ def fit(
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             finish_wandb(exit_code=Terminated.code)  # warns if W&B's service is gone
         if os.environ.get("SLURM_JOB_ID"):
+            deferred.requeue()  # submitit's time limit: it requeues the job and exits
             # A SLURM stop (preemption, scontrol requeue) is followed by a requeue: leave no
             # result for submitit to collect, so its launcher waits for the requeued run.
             os._exit(Terminated.code)

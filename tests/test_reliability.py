@@ -409,3 +409,65 @@ def test_the_suite_runs_inside_a_slurm_allocation():
     )
     assert result.returncode == 0, (result.returncode, result.stdout[-2000:])
     assert "1 passed" in result.stdout
+
+
+class FakeSubmitit:
+    """Stands for submitit's job-side signal handler: requeues (here: records the saved
+    ``last.ckpt``'s step at that moment) and exits with -1, as submitit does."""
+
+    def __init__(self, run: Path):
+        self.run, self.saved_steps = run, []
+
+    def checkpoint_and_try_requeue(self, signum, frame) -> None:
+        last = self.run / "checkpoints" / "last.ckpt"
+        self.saved_steps.append(torch.load(last, weights_only=True)["global_step"])
+        sys.exit(-1)
+
+
+class SignalAt(L.Callback):
+    """Sends its own process ``signum`` at the end of the training batch where the optimizer
+    has made ``step`` steps, in a run that did not resume."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_time_limit_stops_after_the_step_saves_and_lets_submitit_requeue(
+    compose_config, tmp_path, monkeypatch
+):
+    """submitit's time-limit signal (USR2) lands mid-epoch: instead of submitit exiting from
+    inside the step (losing the steps since the epoch's checkpoint), the stage stops after the
+    step, saves ``last.ckpt`` there, then hands over to submitit's handler, which requeues and
+    exits; the requeued run resumes from that step, every step logged once."""
+    run = tmp_path / "run"
+    submitit = FakeSubmitit(run)
+    previous = signal.signal(signal.SIGUSR2, submitit.checkpoint_and_try_requeue)
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", "1")  # a SLURM job: a stop waits for the requeue
+        cfg = compose_config(
+            "teacher",
+            [
+                *requeue_overrides(16),
+                "+teacher.callbacks.stop._target_=tests.test_reliability.SignalAt",
+                "+teacher.callbacks.stop.step=6",  # mid-epoch (4 batches an epoch)
+                f"+teacher.callbacks.stop.signum={int(signal.SIGUSR2)}",
+            ],
+            output_dir=run,
+        )
+        with pytest.raises(SystemExit) as stopped:
+            run_teacher(cfg)
+        assert stopped.value.code == -1  # submitit's own exit, after the save
+        assert submitit.saved_steps == [6]
+        assert signal.getsignal(signal.SIGUSR2) == submitit.checkpoint_and_try_requeue
+
+        def requeue() -> None:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+            run_teacher(cfg)
+
+        assert check_requeue(requeue, run, 16) == 6
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
