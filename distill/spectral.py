@@ -107,6 +107,33 @@ def _compared_spectra(
     return sample_power, data_power
 
 
+def shape_power_loss(
+    samples: Tensor, data: Tensor, n_fft: int = 512, hop_length: int = 128
+) -> Tensor:
+    """The paired power loss without each row's loudness: the squared distance between the
+    `average_power_spectrum` of sample i and of data i, each divided by its own total power
+    (its spectral shape; scaled back by the data's mean total power, so the units are
+    `power_loss`'s), plus the unpaired `power_loss` of the batch-averaged spectra (the level).
+
+    Why: when the context does not fix a row's loudness (the notes' amplitude and decay are
+    random given the pitch), the paired `power_loss` has expectation
+    ``|E phi_s - E phi_d|^2 + Var phi_s + Var phi_d``: it also rewards a student whose rows
+    all have the same power. Here a row's gain costs nothing; the batch's level still does.
+
+    ``samples`` and ``data`` ``(N, ..., T)`` of one shape -> ``(N,)``; zero on identical inputs
+    (and on rows that differ from theirs by gains that keep the batch's average spectrum);
+    differentiable w.r.t. ``samples``.
+    """
+    sample_power, data_power = _compared_spectra(
+        samples, data, True, "shape_power_loss", n_fft, hop_length
+    )
+    sample_total = sample_power.sum(-1, keepdim=True).clamp_min(torch.finfo(samples.dtype).tiny)
+    data_total = data_power.sum(-1, keepdim=True).clamp_min(torch.finfo(samples.dtype).tiny)
+    shape = (sample_power / sample_total - data_power / data_total) * data_total.mean()
+    level = (sample_power.mean(0) - data_power.mean(0)).square().sum()
+    return shape.square().flatten(1).sum(1) + level
+
+
 def log_power_loss(
     samples: Tensor,
     data: Tensor,

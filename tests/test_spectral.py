@@ -15,6 +15,7 @@ from distill.spectral import (
     power_loss,
     read_wav,
     semitone_error,
+    shape_power_loss,
     stft_magnitude,
     within_semitone_fraction,
     write_wav,
@@ -62,6 +63,24 @@ def test_power_loss_is_zero_on_identical_inputs_and_has_gradients_otherwise():
     assert gradient.abs().sum() > 0
     with pytest.raises(ValueError, match="paired=False"):
         power_loss(samples, torch.randn(7, 1, 1024))
+
+
+def test_shape_power_loss_ignores_row_gains_that_keep_the_batch_level():
+    data = torch.randn(1, 1, 1024, dtype=torch.float64).expand(2, 1, 1024)
+    assert torch.equal(shape_power_loss(data, data.clone()), torch.zeros(2, dtype=torch.float64))
+    # rows louder and quieter than their data rows, the batch's average power unchanged
+    gains = torch.tensor([0.5, 1.5], dtype=torch.float64).sqrt()[:, None, None]
+    rescaled = (gains * data).requires_grad_()
+    torch.testing.assert_close(shape_power_loss(rescaled, data), torch.zeros(2).double())
+    assert (power_loss(rescaled, data) > 0).all()
+    # a change of spectral shape or of the batch's level costs, with gradients
+    for samples in (rescaled + 0.3 * torch.randn_like(data), 2.0 * rescaled):
+        loss = shape_power_loss(samples, data)
+        assert loss.shape == (2,) and (loss > 0).all()
+        (gradient,) = torch.autograd.grad(loss.sum(), rescaled)
+        assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    with pytest.raises(ValueError, match="paired=False"):
+        shape_power_loss(data, torch.randn(3, 1, 1024))
 
 
 def test_log_power_loss_is_zero_on_identical_inputs_scale_free_and_has_gradients():
