@@ -189,6 +189,8 @@ def _define_safe_wandb_logger() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            if self._wandb_init.get("anonymous") is None:  # W&B warns on every run otherwise
+                self._wandb_init.pop("anonymous", None)
             self._rows: deque[tuple[float, int, dict[str, float]]] = deque()
             self._dropped: list | None = None  # [step, keys] of the newest row no longer kept
             self._failed = False

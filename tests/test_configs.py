@@ -255,7 +255,10 @@ def test_a_student_run_does_not_warn_about_its_frozen_teacher(compose_config, re
 
 @pytest.mark.parametrize(
     ("config", "stages", "metric"),
-    [("teacher", ("teacher",), "student/kl_trimmed_mean"), ("distill", ("teacher", "student"), "kl")],
+    [
+        ("teacher", ("teacher",), "student/kl_trimmed_mean"),
+        ("distill", ("teacher", "student"), "kl"),
+    ],
 )
 def test_an_optimized_metric_the_command_cannot_report_is_refused_before_training(
     compose_config, config, stages, metric

@@ -311,3 +311,15 @@ def test_a_corrupt_run_file_is_read_up_to_the_bad_chunk(run_file, tmp_path):
     corrupt.write_bytes(bytes(data))
     leading = list(read_history(corrupt))
     assert leading == rows[: len(leading)] and len(rows) // 4 < len(leading) < len(rows)
+
+
+def test_a_run_starts_without_wandb_warnings(wandb_env, monkeypatch, capfd):
+    """Lightning passes W&B ``anonymous=None``, which W&B 0.2x+ warns about on every run."""
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    stage = wandb_env / "stage"
+    stage.mkdir()  # a stage's directory exists before its logger starts
+    logger = SafeWandbLogger(save_dir=str(stage), offline=True, project="distill-test")
+    assert logger.experiment.id
+    finish_wandb()
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.out + captured.err, captured.err
