@@ -213,9 +213,7 @@ def power(
     batch averages otherwise: ``(num_samples,)``."""
     from distill.spectral import power_loss
 
-    if data is None:
-        raise ValueError("the power loss needs a data batch")
-    x = (draw or StudentDraw(student, teacher, num_samples, context)).x
+    x = _samples_for_spectra("power", student, teacher, num_samples, data, context, draw)
     return power_loss(x, data, paired=context is not None).expand(x.shape[0])
 
 
@@ -234,10 +232,48 @@ def log_power(
     (what decides its pitch) weigh as much as its loudest peak."""
     from distill.spectral import log_power_loss
 
-    if data is None:
-        raise ValueError("the log_power loss needs a data batch")
-    x = (draw or StudentDraw(student, teacher, num_samples, context)).x
+    x = _samples_for_spectra("log_power", student, teacher, num_samples, data, context, draw)
     return log_power_loss(x, data, paired=context is not None).expand(x.shape[0])
+
+
+def shape_power(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
+    draw: StudentDraw | None = None,
+) -> Tensor:
+    """The paired power loss without each row's loudness (`distill.spectral.shape_power_loss`):
+    each student sample's spectral shape against its data row's, plus the batch's level, so a
+    row's gain, random given its context (the notes' amplitude and decay), costs nothing:
+    ``(num_samples,)``. Conditional flows only: an unconditional sample has no data row of its
+    own to be compared with."""
+    from distill.spectral import shape_power_loss
+
+    if context is None:
+        raise ValueError(
+            "the shape_power loss compares each sample with the data row of its context, but "
+            "this flow is unconditional: use the power loss"
+        )
+    x = _samples_for_spectra("shape_power", student, teacher, num_samples, data, context, draw)
+    return shape_power_loss(x, data).expand(x.shape[0])
+
+
+def _samples_for_spectra(
+    name: str,
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None,
+    context: Tensor | None,
+    draw: StudentDraw | None,
+) -> Tensor:
+    """The student samples a spectral term compares with ``data`` (the step's shared draw if
+    given); a one-line error without a data batch."""
+    if data is None:
+        raise ValueError(f"the {name} loss needs a data batch")
+    return (draw or StudentDraw(student, teacher, num_samples, context)).x
 
 
 def _per_sample(elementwise: Tensor, event_dims: int) -> Tensor:
@@ -515,10 +551,11 @@ LOSSES: dict[str, Loss] = {
     "regression": regression,
     "power": power,
     "log_power": log_power,
+    "shape_power": shape_power,
 }
 
 #: The losses that compare spectra rather than densities: not divided per step.
-SPECTRAL = frozenset({"power", "log_power"})
+SPECTRAL = frozenset({"power", "log_power", "shape_power"})
 
 
 def values_per_sample(student: Flow, context: Tensor | None) -> int:

@@ -293,20 +293,23 @@ def test_spectral_terms_are_not_divided_per_step_and_pull_the_student():
     student, teacher = sequence_pair(global_features=2)
     data = torch.randn(3, 2, 8, dtype=torch.float64)
     context = torch.randn(3, 2, dtype=torch.float64)
-    for name, scale in (("power", 1), ("log_power", 1), ("reverse_kl", 16)):  # C * T = 16
+    for name, scale in (("power", 1), ("log_power", 1), ("shape_power", 1), ("reverse_kl", 16)):
         objective = DistillationObjective({name: 1.0}, num_samples=3)
         torch.manual_seed(0)
         _, parts = objective(student, teacher, data, context=context)
         torch.manual_seed(0)
         alone = LOSSES[name](student, teacher, 3, data, context)
         torch.testing.assert_close(parts[name], alone.mean() / scale)  # power: not per step
-    for name in ("power", "log_power"):
+    for name in ("power", "log_power", "shape_power"):
         student.zero_grad()
         torch.manual_seed(0)
         LOSSES[name](student, teacher, 3, data, context).mean().backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     with pytest.raises(ValueError, match="needs a data batch"):
         LOSSES["log_power"](student, teacher, 3, None, context)
+    unconditional, teacher = sequence_pair()
+    with pytest.raises(ValueError, match="shape_power loss .* unconditional: use the power loss"):
+        LOSSES["shape_power"](unconditional, teacher, 3, data, None)
 
 
 @pytest.mark.parametrize("conditioning", [{}, {"global_features": 2}])
