@@ -575,7 +575,7 @@ def values_per_sample(student: Flow, context: Tensor | None) -> int:
 PER_LAYER = frozenset({"reverse_kl_per_step", "reverse_kl_closed_form", "log_std_regularizer"})
 
 #: The losses that read a data batch.
-NEEDS_DATA = frozenset({"regression", "power", "log_power"})
+NEEDS_DATA = frozenset({"regression", "power", "log_power", "shape_power"})
 
 
 Knots = Sequence[Sequence[float]]

@@ -301,6 +301,7 @@ def test_spectral_terms_are_not_divided_per_step_and_pull_the_student():
         alone = LOSSES[name](student, teacher, 3, data, context)
         torch.testing.assert_close(parts[name], alone.mean() / scale)  # power: not per step
     for name in ("power", "log_power", "shape_power"):
+        assert DistillationObjective({name: 1.0}).needs_data  # the stage passes a batch
         student.zero_grad()
         torch.manual_seed(0)
         LOSSES[name](student, teacher, 3, data, context).mean().backward()
