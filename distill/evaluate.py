@@ -107,7 +107,9 @@ def paired_sampling_times(
     alternates, so load from other processes hits both alike), after one warm-up call each.
 
     ``sampling/{teacher,student}_s``: median seconds; ``sampling/speedup``: the median of the
-    per-round ratios teacher / student, with ``_q25``/``_q75`` (its spread) and ``_min``."""
+    per-round ratios teacher / student, with ``_q25``/``_q75`` (its spread) and ``_min``;
+    ``sampling/cpu_threads``: torch's intra-op threads during the rounds (``cpu_threads``), the
+    same for both."""
     _timed(teacher, num_samples), _timed(student, num_samples)
     teacher_s, student_s = [], []
     for index in range(rounds):
@@ -121,6 +123,7 @@ def paired_sampling_times(
     return {
         "sampling/num_samples": num_samples,
         "sampling/rounds": rounds,
+        "sampling/cpu_threads": torch.get_num_threads(),
         "sampling/teacher_s": statistics.median(teacher_s),
         "sampling/student_s": statistics.median(student_s),
         "sampling/speedup": median.item(),

@@ -173,7 +173,8 @@ def write_report(
                 f"{_format(metrics[key + '_teacher_s'])} s; median of "
                 f"{metrics.get(key + '_rounds', '?')} paired rounds, interquartile range "
                 f"{_format(metrics.get(key + '_speedup_q25'))}–"
-                f"{_format(metrics.get(key + '_speedup_q75'))}).",
+                f"{_format(metrics.get(key + '_speedup_q75'))}; "
+                f"{metrics.get(key + '_cpu_threads', '?')} CPU thread(s) for both).",
             ]
     if "sampling/speedup" in metrics:
         lines += [
@@ -181,7 +182,8 @@ def write_report(
             f"The student samples {_format(metrics['sampling/speedup'])}x faster than the teacher "
             f"(median of {metrics.get('sampling/rounds', '?')} paired rounds, interquartile range "
             f"{_format(metrics.get('sampling/speedup_q25'))}–"
-            f"{_format(metrics.get('sampling/speedup_q75'))}).",
+            f"{_format(metrics.get('sampling/speedup_q75'))}; "
+            f"{metrics.get('sampling/cpu_threads', '?')} CPU thread(s) for both).",
         ]
     lines += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| `{key}` | {_format(value)} |" for key, value in sorted(metrics.items())]

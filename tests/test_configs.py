@@ -2,6 +2,7 @@
 through every entry point; nothing edits a composed config."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -220,7 +221,7 @@ def test_a_bad_teacher_reuse_is_refused_by_name(compose_config, value):
         validate(cfg, ("teacher", "student"))
 
 
-def test_cpu_threads_is_one_unless_the_environment_or_the_user_says(monkeypatch):
+def test_cpu_threads_is_one_unless_the_environment_or_the_user_says_otherwise(monkeypatch):
     import torch
 
     from distill.cli.common import set_cpu_threads
@@ -237,6 +238,8 @@ def test_cpu_threads_is_one_unless_the_environment_or_the_user_says(monkeypatch)
         assert torch.get_num_threads() == 2
         set_cpu_threads(1)
         assert torch.get_num_threads() == 1
+        set_cpu_threads("all")  # every core this process may use, whatever the environment
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
         for bad in (0, "abc", 1.5, True):
             with pytest.raises(ValueError, match="cpu_threads=.* is not valid: it must be auto"):
                 set_cpu_threads(bad)

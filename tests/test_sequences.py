@@ -126,6 +126,7 @@ def test_local_context_timing_uses_whole_frames():
         teacher, student, 16000, datamodule.test_context, (1,), seconds=0.005, rounds=1
     )
     assert metrics["sampling/seconds_of_audio"] == pytest.approx(64 / 16000)  # 80 -> 2 frames
+    assert metrics["sampling/b1_cpu_threads"] == torch.get_num_threads()  # said with the ratio
 
 
 @pytest.mark.parametrize("conditioning", ["none", "pitch", "pitch_track"])
