@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distill.losses import LOSSES
+from distill.losses import LOSSES, SPECTRAL, DistillationObjective
 from distill.models.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -172,11 +172,41 @@ def validate(cfg: DictConfig, stages: Iterable[str]) -> None:
     if "student" in stages:
         _check_schedule(cfg)
         _evaluation_keys(cfg)
+        _check_objective(cfg)
         terms = cfg.student.loss.terms
-        if "reverse_kl_closed_form" in terms or "log_std_regularizer" in terms:
-            _per_step_flows(cfg, "reverse_kl_closed_form", affine=True)
+        for term in ("reverse_kl_closed_form", "log_std_regularizer"):
+            if term in terms:
+                _per_step_flows(cfg, term, affine=True)
         if "reverse_kl_per_step" in terms:
             _per_step_flows(cfg, "reverse_kl_per_step", affine=False)
+
+
+def _check_objective(cfg: DictConfig) -> None:
+    """``student.loss`` as `DistillationObjective` takes it (each of its refusals, such as a
+    teacher bank smaller than a step's samples, now rather than after the teacher), and the
+    spectral terms only where they have spectra: sequences, and for ``shape_power`` a context
+    to pair each sample with its data row."""
+    loss = OmegaConf.to_container(cfg.student.loss, resolve=True)
+    try:
+        DistillationObjective(**loss)
+    except TypeError as error:  # a key the objective does not take
+        raise ConfigError(f"student.loss has a key the objective does not read: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"student.{error}") from None
+    used = {term for term, weight in loss["terms"].items() if weight}
+    if "wavenet" not in str(cfg.student.flow.get("_target_", "")):
+        spectral = sorted(used & SPECTRAL)
+        if spectral:
+            raise ConfigError(
+                f"student.loss.terms.{spectral[0]} compares power spectra of sequences, but the "
+                "student is a flow over vectors: remove the term (it is for WaveNet flows over "
+                "time, e.g. experiment=notes)"
+            )
+    elif "shape_power" in used and _get(cfg, "data.conditioning") in (None, "none"):
+        raise ConfigError(
+            "student.loss.terms.shape_power pairs each sample with the data row of its context, "
+            "but data.conditioning=none: use student.loss.terms.power, or a conditioning"
+        )
 
 
 def _check_optimized_metric(cfg: DictConfig, stages: Iterable[str]) -> None:
@@ -211,7 +241,7 @@ def _check_schedule(cfg: DictConfig) -> None:
             and progress
             and all(isinstance(k, list) and len(k) == 2 and all(map(_number, k)) for k in knots)
             and all(0 <= p <= 1 for p in progress)
-            and progress == sorted(progress)
+            and all(a < b for a, b in zip(progress, progress[1:], strict=False))
             and all(k[1] >= 0 for k in knots)
         )
         if not valid:

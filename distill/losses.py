@@ -28,6 +28,9 @@ behaviour:
   it, students of audio "whisper".
 - `log_power` (sequences): the same spectra compared on a log scale, floored relative to the
   data's peak: every harmonic counts, not only the loudest, so it carries the pitch.
+- `shape_power` (conditional sequences): each sample's spectrum over its own total power
+  against its data row's, plus the batch's level: the pitch without rewarding a student that
+  plays every row at one loudness.
 
 One step, one draw: every loss takes an optional ``draw`` (`StudentDraw`), the step's samples
 x ~ q with their log-density and, for the per-step losses, each layer's parameters; the
@@ -270,7 +273,13 @@ def _samples_for_spectra(
     draw: StudentDraw | None,
 ) -> Tensor:
     """The student samples a spectral term compares with ``data`` (the step's shared draw if
-    given); a one-line error without a data batch."""
+    given); a one-line error without a data batch or for a flow over vectors."""
+    if not isinstance(student, SequenceFlow):
+        raise ValueError(
+            f"the {name} loss compares power spectra of sequences, but this student is a flow "
+            "over vectors, whose samples have none: remove the term (it is for WaveNet flows "
+            "over time)"
+        )
     if data is None:
         raise ValueError(f"the {name} loss needs a data batch")
     return (draw or StudentDraw(student, teacher, num_samples, context)).x
@@ -626,8 +635,10 @@ class DistillationObjective(nn.Module):
     Args:
         terms: loss name -> weight (names from `LOSSES`).
         num_samples: samples per step for the sampled losses.
-        clip: if set, per-sample terms above it are clamped (their gradient is dropped), so a
-            few samples deep in the teacher's tails cannot dominate a step.
+        clip: if set, each sample's density terms (per step for sequences) above it are
+            clamped (their gradient is dropped), so a few samples deep in the teacher's tails
+            cannot dominate a step. The spectral terms (`SPECTRAL`), one value per batch, are
+            never clamped: it would drop their whole gradient.
         schedule: loss name -> ``[[progress, factor], ...]``, progress the fraction of the
             training steps done: that term's weight is its ``terms`` weight times the factor
             interpolated linearly between the knots (`schedule_factor`), so one schedule fits
@@ -635,8 +646,8 @@ class DistillationObjective(nn.Module):
             weight is 0 at a step is not computed at that step. Validation
             (``progress=None``) uses the final weights, so checkpoints select on one
             objective throughout.
-        draws_per_step: the draws of each step's value of `reverse_kl_per_step` (default 4);
-            refused without that term.
+        draws_per_step: the draws of each step's value of `reverse_kl_per_step` (>= 1; None:
+            4); refused without that term.
         teacher_reuse: how many steps a teacher sample of `forward_kl` serves on average
             (`TeacherSamplePool`; 1, the default: fresh samples every step); refused without
             that term. In training mode only: in eval mode (validation) the samples are fresh.
@@ -648,7 +659,8 @@ class DistillationObjective(nn.Module):
     Conditional flows: the contexts of the batch are the samples' contexts, ``num_samples``
     of them taken in turn from the batch (``context[i % B]``), data rows paired with them.
     Sequence flows: every density term is per step (divided by the ``C * T`` values of a
-    sequence, `values_per_sample`), the `power` term is not.
+    sequence, `values_per_sample`), the spectral terms (`SPECTRAL`) are not; they are refused
+    for flows over vectors, whose samples have no spectrum.
     """
 
     def __init__(
@@ -702,7 +714,10 @@ class DistillationObjective(nn.Module):
                     f"loss.teacher_bank={teacher_bank} is smaller than loss.num_samples="
                     f"{num_samples}: the bank must hold at least one step's samples"
                 )
-        self.term_options = {"reverse_kl_per_step": {"draws": draws_per_step or 4}}
+        if draws_per_step is not None and draws_per_step < 1:
+            raise ValueError(f"loss.draws_per_step must be >= 1, got {draws_per_step}")
+        draws = 4 if draws_per_step is None else draws_per_step
+        self.term_options = {"reverse_kl_per_step": {"draws": draws}}
         self.terms = dict(terms)
         self.num_samples = num_samples
         self.clip = clip
@@ -777,9 +792,11 @@ class DistillationObjective(nn.Module):
                 draw=draw,
                 **self._options(name),
             )
-            if name not in SPECTRAL:
+            spectral = name in SPECTRAL
+            if not spectral:
                 per_sample = per_sample / values
             parts[name] = per_sample.detach().mean()
-            value = per_sample.clamp(max=self.clip) if self.clip is not None else per_sample
+            clipped = self.clip is not None and not spectral
+            value = per_sample.clamp(max=self.clip) if clipped else per_sample
             total = total + weight * value.mean()
         return total, parts

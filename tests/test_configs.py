@@ -212,6 +212,38 @@ def test_every_experiment_runs_through_distill(compose_config, tmp_path, experim
     assert on_disk[kl] == pytest.approx(metrics[kl])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            ["loss@student.loss=forward_kl_bank", "student.loss.teacher_bank=8"],
+            "student.loss.teacher_bank=8 is smaller than loss.num_samples",
+        ),
+        (["+student.loss.draws_per_step=8"], "student.loss.draws_per_step=8 is only read by"),
+        (
+            ["experiment=notes", "student.loss.draws_per_step=0"],
+            "student.loss.draws_per_step must be >= 1, got 0",
+        ),
+        (["+student.loss.bogus=1"], "student.loss has a key the objective does not read"),
+        (["+student.loss.terms.power=1"], "terms.power compares power spectra of sequences"),
+        (
+            ["experiment=notes", "data.conditioning=none"],
+            "shape_power pairs each sample with the data row of its context",
+        ),
+        (
+            ["+student.loss.schedule={reverse_kl: [[0.5, 0.0], [0.5, 1.0]]}"],
+            "progress increasing",
+        ),
+    ],
+)
+def test_objective_settings_are_refused_before_the_teacher_trains(compose_config, overrides, match):
+    from distill.checks import ConfigError, validate
+
+    cfg = compose_config("distill", overrides)
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg, ("teacher", "student"))
+
+
 @pytest.mark.parametrize("value", ["0", "2.5", "abc"])
 def test_a_bad_teacher_reuse_is_refused_by_name(compose_config, value):
     from distill.checks import ConfigError, validate

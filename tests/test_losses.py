@@ -200,6 +200,32 @@ def test_clip_drops_gradient_of_outlier_terms():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in student.parameters())
 
 
+def test_clip_leaves_the_spectral_terms_alone():
+    # a spectral term is one value per batch: clamping it would drop its whole gradient
+    student, teacher = sequence_pair(global_features=2)
+    data = torch.randn(3, 2, 8, dtype=torch.float64)
+    context = torch.randn(3, 2, dtype=torch.float64)
+    objective = DistillationObjective({"power": 1.0}, num_samples=3, clip=-1e6)
+    total, parts = objective(student, teacher, data, context=context)
+    assert total == parts["power"]
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_draws_per_step_is_used_or_refused_never_replaced():
+    with pytest.raises(ValueError, match="draws_per_step must be >= 1, got 0"):
+        DistillationObjective({"reverse_kl_per_step": 1.0}, draws_per_step=0)
+    objective = DistillationObjective({"reverse_kl_per_step": 1.0}, draws_per_step=1)
+    assert objective.term_options["reverse_kl_per_step"] == {"draws": 1}
+
+
+def test_spectral_terms_refuse_flows_over_vectors():
+    student, teacher = fixed_order_pair(2)
+    for name in ("power", "log_power"):
+        with pytest.raises(ValueError, match=f"the {name} loss compares power spectra of seq"):
+            LOSSES[name](student, teacher, 4, torch.randn(4, 2), None)
+
+
 def test_schedule_interpolates_each_terms_weight_and_skips_zero_terms():
     assert schedule_factor([[0, 1.0], [1, 0.0]], 0.25) == pytest.approx(0.75)
     assert schedule_factor([[0.1, 0.0], [0.2, 2.0]], 0) == 0.0  # held before the first knot
