@@ -34,11 +34,18 @@ def robust_summary(values: Tensor, prefix: str) -> dict[str, float]:
         f"{prefix}_sem": math.inf if nonfinite.any() else sem.item(),
         f"{prefix}_median": values.median().item(),
         f"{prefix}_trimmed_mean": trimmed.mean().item(),
-        f"{prefix}_p99": torch.quantile(sorted_values, 0.99).item(),
-        f"{prefix}_p999": torch.quantile(sorted_values, 0.999).item(),
+        f"{prefix}_p99": _quantile(sorted_values, 0.99),
+        f"{prefix}_p999": _quantile(sorted_values, 0.999),
         f"{prefix}_max": sorted_values[-1].item(),
         f"{prefix}_nonfinite_fraction": nonfinite.double().mean().item(),
     }
+
+
+def _quantile(values: Tensor, q: float) -> float:
+    """``torch.quantile`` with +inf where it interpolates between two infinite values (inf -
+    inf is NaN there, and a NaN tail statistic would be dropped where it matters most)."""
+    value = torch.quantile(values, q).item()
+    return math.inf if math.isnan(value) else value
 
 
 @torch.no_grad()

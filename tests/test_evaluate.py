@@ -28,6 +28,13 @@ def test_robust_summary_reports_more_than_the_mean():
     assert summary["kl_trimmed_mean"] < summary["kl_mean"] and summary["kl_sem"] > 0
 
 
+def test_robust_summary_counts_non_finite_values_as_infinite_in_the_tails():
+    values = torch.cat([torch.zeros(990), torch.full((5,), math.inf), torch.full((5,), math.nan)])
+    summary = robust_summary(values, "kl")
+    assert summary["kl_p99"] == summary["kl_p999"] == summary["kl_max"] == math.inf
+    assert summary["kl_nonfinite_fraction"] == 0.01 and summary["kl_median"] == 0.0
+
+
 def test_in_support_fraction_counts_samples_inside():
     torch.manual_seed(0)
     flow = build_maf(2, 1, (8,)).eval()  # near the identity: a standard normal

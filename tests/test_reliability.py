@@ -471,3 +471,21 @@ def test_a_time_limit_stops_after_the_step_saves_and_lets_submitit_requeue(
         assert check_requeue(requeue, run, 16) == 6
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.parametrize("ckpt_path", [None, "last.ckpt"])
+def test_a_resumed_run_draws_a_random_stream_of_its_own(ckpt_path):
+    # seeded again as at the start, a resumed run would redraw the noise, samples and crops of
+    # steps 0, 1, ...; it moves to a stream of its own, one per step it resumes at
+    from types import SimpleNamespace
+
+    from distill.models import TeacherModule
+    from distill.models.base import resumed_seed
+
+    module = TeacherModule(flow={"_target_": "distill.flows.build_maf", "features": 2})
+    module._trainer = SimpleNamespace(ckpt_path=ckpt_path, global_step=7, lr_scheduler_configs=[])
+    torch.manual_seed(123)
+    module.on_train_start()
+    expected = 123 if ckpt_path is None else resumed_seed(123, 7)
+    assert torch.initial_seed() == expected
+    assert len({resumed_seed(seed, step) for seed in (0, 1) for step in (0, 1, 2)}) == 6

@@ -38,6 +38,12 @@ def split_batch(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch
     return batch, None
 
 
+def resumed_seed(seed: int, step: int) -> int:
+    """The seed of a run resumed at ``step`` from one seeded ``seed`` (rank offset included):
+    distinct for every step, rank and seed below 2^32, within torch's 64-bit seeds."""
+    return seed + (step << 32)
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Training produced a non-finite loss or gradient; the last finite state was saved."""
 
@@ -93,7 +99,12 @@ class FlowModule(L.LightningModule):
     def on_train_start(self) -> None:
         """Apply the configured learning rate, also when training resumes: a checkpoint restores
         the optimizer's learning rate and the schedule's base rates of the run it came from,
-        which would silently override a new ``optim.lr``."""
+        which would silently override a new ``optim.lr``.
+
+        A resumed run also moves to a random stream of its own (`resumed_seed`): seeded as at
+        the start, it would draw the noise, samples and crops of steps 0, 1, ... again."""
+        if self.trainer.ckpt_path is not None:
+            torch.manual_seed(resumed_seed(torch.initial_seed(), self.global_step))
         lr = float(self.hparams.optim.get("lr", 1e-3))
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
