@@ -379,10 +379,14 @@ def fit(
     }
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback is not None else ""
+    # Lightning's teardown leaves the module on the CPU: the evaluation runs where training did
+    device = trainer.strategy.root_device
     if best:
-        module = type(module).load_from_checkpoint(best, map_location=module.device)
-    elif callback is not None and callback.dirpath:  # no validation ran: the final state
-        best = str(Path(callback.dirpath) / "last.ckpt")
+        module = type(module).load_from_checkpoint(best, map_location=device)
+    else:
+        module = module.to(device)
+        if callback is not None and callback.dirpath:  # no validation ran: the final state
+            best = str(Path(callback.dirpath) / "last.ckpt")
     metrics[f"{stage}/checkpoint"] = best
     if metrics[f"{stage}/global_step"] == 0:
         raise ValueError(
