@@ -190,7 +190,10 @@ def evaluate_sequence_distillation(
       student samples (`robust_summary`: mean, sem, median, 1%-trimmed mean, tails,
       non-finite fraction);
     - ``{teacher,student}/test_nll_per_step`` on the first ``num_nll_sequences`` test sequences
-      (the student's needs its sequential inverse), ``student/nll_relative_gap``;
+      (the student's needs its sequential inverse), ``student/nll_gap_per_step`` (nats) and
+      ``student/nll_relative_gap`` (that gap over the teacher's |NLL|: the issue's "within
+      5%"; a differential NLL moves with the data's units, so the absolute gap is the figure
+      that compares across data sets);
     - ``{data,teacher,student}/log_spectral_distance`` of ``num_samples`` samples to the
       test data, and for conditional notes ``{role}/pitch_within_semitone``;
     - ``sampling/b{1,16}_*``: ``timing_seconds`` of audio from the cached teacher and the
