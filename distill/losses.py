@@ -31,6 +31,9 @@ behaviour:
 - `shape_power` (conditional sequences): each sample's spectrum over its own total power
   against its data row's, plus the batch's level: the pitch without rewarding a student that
   plays every row at one loudness.
+- `loudness` (sequences): the squared 1-D Wasserstein distance between the log power of the
+  sample rows and of the data rows: the spread of loudness over notes, which reverse KL
+  barely charges for.
 
 One step, one draw: every loss takes an optional ``draw`` (`StudentDraw`), the step's samples
 x ~ q with their log-density and, for the per-step losses, each layer's parameters; the
@@ -261,6 +264,23 @@ def shape_power(
         )
     x = _samples_for_spectra("shape_power", student, teacher, num_samples, data, context, draw)
     return shape_power_loss(x, data).expand(x.shape[0])
+
+
+def loudness(
+    student: Flow,
+    teacher: Flow,
+    num_samples: int,
+    data: Tensor | None = None,
+    context: Tensor | None = None,
+    draw: StudentDraw | None = None,
+) -> Tensor:
+    """The distance between the loudness of the student's samples and of the data rows
+    (`distill.spectral.loudness_loss`: its level and its spread over the batch), which the
+    per-step reverse KL barely charges for: ``(num_samples,)``."""
+    from distill.spectral import loudness_loss
+
+    x = _samples_for_spectra("loudness", student, teacher, num_samples, data, context, draw)
+    return loudness_loss(x, data).expand(x.shape[0])
 
 
 def _samples_for_spectra(
@@ -561,10 +581,11 @@ LOSSES: dict[str, Loss] = {
     "power": power,
     "log_power": log_power,
     "shape_power": shape_power,
+    "loudness": loudness,
 }
 
 #: The losses that compare spectra rather than densities: not divided per step.
-SPECTRAL = frozenset({"power", "log_power", "shape_power"})
+SPECTRAL = frozenset({"power", "log_power", "shape_power", "loudness"})
 
 
 def values_per_sample(student: Flow, context: Tensor | None) -> int:
@@ -584,7 +605,7 @@ def values_per_sample(student: Flow, context: Tensor | None) -> int:
 PER_LAYER = frozenset({"reverse_kl_per_step", "reverse_kl_closed_form", "log_std_regularizer"})
 
 #: The losses that read a data batch.
-NEEDS_DATA = frozenset({"regression", "power", "log_power", "shape_power"})
+NEEDS_DATA = frozenset({"regression", "power", "log_power", "shape_power", "loudness"})
 
 
 Knots = Sequence[Sequence[float]]

@@ -221,7 +221,7 @@ def test_draws_per_step_is_used_or_refused_never_replaced():
 
 def test_spectral_terms_refuse_flows_over_vectors():
     student, teacher = fixed_order_pair(2)
-    for name in ("power", "log_power"):
+    for name in ("power", "log_power", "loudness"):
         with pytest.raises(ValueError, match=f"the {name} loss compares power spectra of seq"):
             LOSSES[name](student, teacher, 4, torch.randn(4, 2), None)
 
@@ -319,14 +319,15 @@ def test_spectral_terms_are_not_divided_per_step_and_pull_the_student():
     student, teacher = sequence_pair(global_features=2)
     data = torch.randn(3, 2, 8, dtype=torch.float64)
     context = torch.randn(3, 2, dtype=torch.float64)
-    for name, scale in (("power", 1), ("log_power", 1), ("shape_power", 1), ("reverse_kl", 16)):
+    spectral = (("power", 1), ("log_power", 1), ("shape_power", 1), ("loudness", 1))
+    for name, scale in (*spectral, ("reverse_kl", 16)):
         objective = DistillationObjective({name: 1.0}, num_samples=3)
         torch.manual_seed(0)
         _, parts = objective(student, teacher, data, context=context)
         torch.manual_seed(0)
         alone = LOSSES[name](student, teacher, 3, data, context)
         torch.testing.assert_close(parts[name], alone.mean() / scale)  # power: not per step
-    for name in ("power", "log_power", "shape_power"):
+    for name in ("power", "log_power", "shape_power", "loudness"):
         assert DistillationObjective({name: 1.0}).needs_data  # the stage passes a batch
         student.zero_grad()
         torch.manual_seed(0)

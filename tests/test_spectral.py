@@ -11,6 +11,7 @@ from distill.spectral import (
     log_mel_spectrogram,
     log_power_loss,
     log_spectral_distance,
+    loudness_loss,
     mel_filterbank,
     power_loss,
     read_wav,
@@ -118,6 +119,25 @@ def test_log_power_loss_weighs_a_weak_harmonic_as_power_loss_does_not():
     # below the floor (40 dB under the data's peak by default) differences are ignored
     faint = note(1.0, 0.1) + 1e-4 * torch.sin(2 * math.pi * 1400 * time)
     assert log_power_loss(faint, data).item() < 1e-3 * log_power_loss(no_harmonic, data).item()
+
+
+def test_loudness_loss_matches_the_spread_of_loudness_in_any_order():
+    torch.manual_seed(0)
+    gains = torch.linspace(0.25, 0.75, 8)[:, None, None]
+    data = gains * torch.randn(8, 1, 256, dtype=torch.float64)
+    assert loudness_loss(data, data) == 0
+    assert loudness_loss(data[torch.randperm(8)], data) == 0  # which row is loud is free
+    one_loudness = data / data.square().mean((1, 2), keepdim=True).sqrt() * 0.5
+    one_loudness.requires_grad_(True)
+    collapsed = loudness_loss(one_loudness, data)
+    # the same mean loudness, no spread: the loss is the data's variance of log power
+    log_power = data.square().mean((1, 2)).log()
+    spread = ((log_power - log_power.mean()) ** 2).mean().item()
+    assert collapsed.item() == pytest.approx(spread, rel=0.2)
+    collapsed.backward()
+    assert one_loudness.grad.abs().sum() > 0
+    # unequal counts: the data's quantiles at the samples' ranks
+    assert loudness_loss(data[::2], data) < 0.2 * collapsed.item()
 
 
 def test_log_spectral_distance_is_zero_for_the_same_set_and_grows_with_the_mismatch():
