@@ -56,6 +56,10 @@ STUDENT_RULES: dict[str, Rule] = {
     "loss.teacher_reuse": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "evaluation.num_kl_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "evaluation.num_timing_samples": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "evaluation.cpu_threads": (
+        lambda v: v == "all" or (_integer(v) and v >= 1),
+        "all or an integer >= 1 (null: the run's cpu_threads)",
+    ),
     "ema_decay": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "init": (lambda v: v in ("teacher", "identity"), "teacher or identity"),
     "loss.terms": (

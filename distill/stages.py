@@ -23,6 +23,7 @@ from distill.models import StudentModule, TeacherModule
 from distill.models.teacher import flow_shape
 from distill.report import write_audio, write_run
 from distill.spec import build_from_spec, plain
+from distill.threads import cpu_threads
 from distill.training import finish_loggers, fit
 
 log = logging.getLogger(__name__)
@@ -214,25 +215,29 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
     )
     trainer, loggers, module, metrics = fit(cfg, "student", module, datamodule, stage_dir)
     result = StageResult(module, metrics, is_global_zero=trainer.is_global_zero)
+    evaluation_threads = cpu_threads(
+        stage.evaluation.get("cpu_threads"), "student.evaluation.cpu_threads"
+    )
     if trainer.is_global_zero and isinstance(module.teacher, SequenceFlow):
         evaluation = stage.evaluation
-        sequence_metrics, samples = evaluate_sequence_distillation(
-            in_data_space(module.inference_student, module.preprocessing),
-            in_data_space(module.teacher, module.preprocessing),
-            datamodule,
-            num_kl_samples=evaluation.num_kl_samples,
-            num_nll_sequences=evaluation.num_nll_sequences,
-            timing_seconds=evaluation.timing_seconds,
-            timing_rounds=evaluation.timing_rounds,
-        )
+        with evaluation_threads:
+            sequence_metrics, samples = evaluate_sequence_distillation(
+                in_data_space(module.inference_student, module.preprocessing),
+                in_data_space(module.teacher, module.preprocessing),
+                datamodule,
+                num_kl_samples=evaluation.num_kl_samples,
+                num_nll_sequences=evaluation.num_nll_sequences,
+                timing_seconds=evaluation.timing_seconds,
+                timing_rounds=evaluation.timing_rounds,
+            )
         metrics.update(sequence_metrics)
         metrics["student/init"] = stage.init
         metrics["teacher/parameters"] = parameter_count(module.teacher)
         metrics["student/parameters"] = parameter_count(module.student)
         _sequence_outputs(result, samples, datamodule.sample_rate, metrics, stage_dir)
     elif trainer.is_global_zero:
-        metrics.update(
-            evaluate_distillation(
+        with evaluation_threads:
+            distillation_metrics = evaluate_distillation(
                 module.inference_student,
                 module.teacher,
                 datamodule.test_data,
@@ -240,7 +245,7 @@ def distill_student(cfg: DictConfig, teacher: TeacherModule, stage_dir: Path) ->
                 num_kl_samples=stage.evaluation.num_kl_samples,
                 num_timing_samples=stage.evaluation.num_timing_samples,
             )
-        )
+        metrics.update(distillation_metrics)
         metrics.update(_data_metrics(datamodule, metrics))
         metrics["student/init"] = stage.init
         metrics["teacher/parameters"] = parameter_count(module.teacher)

@@ -212,6 +212,36 @@ def test_every_experiment_runs_through_distill(compose_config, tmp_path, experim
     assert on_disk[kl] == pytest.approx(metrics[kl])
 
 
+def test_evaluation_threads_are_set_for_the_block_and_restored():
+    import torch
+
+    from distill.threads import cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with cpu_threads("all"):
+            assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        assert torch.get_num_threads() == 1
+        with cpu_threads(None):  # the run's own
+            assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="student.evaluation.cpu_threads=0 is not valid"):
+            with cpu_threads(0, "student.evaluation.cpu_threads"):
+                pass
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", ["0", "auto", "abc"])
+def test_a_bad_evaluation_thread_count_is_refused_by_name(compose_config, value):
+    from distill.checks import ConfigError, validate
+
+    cfg = compose_config("distill", [f"student.evaluation.cpu_threads={value}"])
+    with pytest.raises(ConfigError, match="student.evaluation.cpu_threads=.* is not valid"):
+        validate(cfg, ("teacher", "student"))
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [

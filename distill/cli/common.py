@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from distill.models.base import NonFiniteTrainingError
+from distill.threads import set_cpu_threads
 from distill.training import requeued, run_overrides, sweep_dir
 
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteTrainingError)
@@ -152,38 +152,6 @@ def entry_point(
         return optimized_metric(cfg, metrics)
 
     return main
-
-
-def set_cpu_threads(value: Any) -> None:
-    """Torch's intra-op threads on CPU (``cpu_threads``): an integer >= 1; ``auto``: one
-    thread unless the environment sets ``OMP_NUM_THREADS`` (then torch's reading of it); or
-    ``all``: one per core this process may use (its CPU affinity, which SLURM and ``taskset``
-    set; in DDP on one machine, every process takes them all).
-
-    The flows over vectors are small (a few 128-wide layers on batches of 512): on 2 cores the
-    default job took 571 s with torch's default of one thread per core and 266 s with one. The
-    WaveNets over sequences are not: a notes teacher step (32 x 512 steps, 48 channels) takes
-    289 ms on one thread and 173 ms on two, and their parallel sampling speeds up alike while
-    the teacher's sequential loop does not (experiments/README.md)."""
-    if value == "auto":
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(1)
-        return
-    if value == "all":
-        torch.set_num_threads(_usable_cores())
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"cpu_threads={value!r} is not valid: it must be auto, all or an integer >= 1"
-        )
-    torch.set_num_threads(value)
-
-
-def _usable_cores() -> int:
-    """The CPUs this process may run on (its affinity where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float:
