@@ -1,23 +1,24 @@
 """Sampling speed of WaveNet flows over time: the cached teacher against naive step-by-step
 sampling, and Parallel WaveNet students against the cached teacher on one second of 16 kHz audio.
 
-    python experiments/bench_wavenet.py            # full run: results/bench_wavenet.{json,md}
-    python experiments/bench_wavenet.py --quick    # smoke test, nothing written
+    python experiments/bench_wavenet.py                # full run: results/bench_wavenet.{json,md}
+    python experiments/bench_wavenet.py --threads 1 2  # the students' rounds at 1 and 2 threads
+    python experiments/bench_wavenet.py --quick        # smoke test, nothing written
 
-Cases (float32, ``torch.no_grad``, one torch thread by default, weights perturbed away from
-their near-identity initialization; sampling time does not depend on the weights' values):
+Cases (float32, ``torch.no_grad``, weights perturbed away from their near-identity
+initialization; sampling time does not depend on the weights' values):
 
-1. ``cached vs naive``: a WaveNet MAF teacher (one flow of 8 blocks, 64 channels, the
-   ``wavenet_maf`` config) drawing 2,000 steps at batch 1 with its fast-WaveNet queues
+1. ``cached vs naive`` (one thread): the notes teacher (``experiment=notes``: one WaveNet MAF
+   flow of 8 blocks, 48 channels) drawing 2,000 steps at batch 1 with its fast-WaveNet queues
    (`WaveNet.solve`), against naive sampling that runs the whole WaveNet over the samples drawn
    so far for every step (a pass over t + 1 steps to get step t).
-2. ``student vs teacher``: each student shape drawing one second (16,000 steps) in one parallel
-   pass per flow, against the cached teacher, at batch 1 (one utterance: the serving case) and
-   16. Shapes: the ``wavenet_iaf`` default (flows of [6, 6, 6, 6] blocks, 16 channels), the
-   same at 32 channels, and Parallel WaveNet's depths [10, 10, 10, 30] (16 channels here, 64
-   in the paper).
-3. ``where the time goes``: the teacher's time per step against its width (16 to 128
-   channels): flat means the step is bound by per-operation overhead (Python and the
+2. ``student vs teacher``, at each ``--threads`` count (the same for teacher and student): each
+   student shape drawing one second (16,000 steps) in one parallel pass per flow, against the
+   cached teacher, at batch 1 (one utterance: the serving case) and 16. Shapes: the notes
+   student (flows of [8, 8, 8] blocks, 16 channels), the same at 24 channels, and Parallel
+   WaveNet's depths [10, 10, 10, 30] (16 channels here, 64 in the paper).
+3. ``where the time goes`` (one thread): the teacher's time per step against its width (16 to
+   128 channels): flat means the step is bound by per-operation overhead (Python and the
    dispatcher: ~7 small products and ~5 elementwise ops per block), not by arithmetic.
 
 Timing: `distill.evaluate.paired_sampling_times`, teacher and student in interleaved rounds
@@ -40,10 +41,11 @@ from distill.flows import build_wavenet_iaf, build_wavenet_maf
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_RATE = 16_000
-TEACHER = {"layers_per_flow": [8], "residual_channels": 64, "skip_channels": 64}
+# the shapes of distill/conf/experiment/notes.yaml (unconditional here)
+TEACHER = {"layers_per_flow": [8], "residual_channels": 48, "skip_channels": 48}
 STUDENTS = {
-    "default [6,6,6,6] x16": {"layers_per_flow": [6, 6, 6, 6], "residual_channels": 16},
-    "[6,6,6,6] x32": {"layers_per_flow": [6, 6, 6, 6], "residual_channels": 32},
+    "notes [8,8,8] x16": {"layers_per_flow": [8, 8, 8], "residual_channels": 16},
+    "notes [8,8,8] x24": {"layers_per_flow": [8, 8, 8], "residual_channels": 24},
     "Parallel WaveNet's depths [10,10,10,30] x16": {
         "layers_per_flow": [10, 10, 10, 30],
         "residual_channels": 16,
@@ -92,7 +94,9 @@ def cached_vs_naive(steps: int, rounds: int) -> dict:
     }
 
 
-def students_vs_teacher(seconds: float, batches: list[int], rounds: int) -> list[dict]:
+def students_vs_teacher(
+    seconds: float, batches: list[int], rounds: int, threads: list[int]
+) -> list[dict]:
     length = int(seconds * SAMPLE_RATE)
     teacher = perturbed(build_wavenet_maf(channels=1, length=length, **TEACHER))
     rows = []
@@ -104,28 +108,32 @@ def students_vs_teacher(seconds: float, batches: list[int], rounds: int) -> list
             seed=1,
         )
         for batch in batches:
-            with torch.no_grad():
-                timed = paired_sampling_times(
-                    lambda n: teacher.sample((n,), length=length),
-                    lambda n, s=student: s.sample((n,), length=length),
-                    batch,
-                    rounds=rounds,
+            for count in threads:
+                torch.set_num_threads(count)
+                with torch.no_grad():
+                    timed = paired_sampling_times(
+                        lambda n: teacher.sample((n,), length=length),
+                        lambda n, s=student: s.sample((n,), length=length),
+                        batch,
+                        rounds=rounds,
+                    )
+                rows.append(
+                    {
+                        "student": name,
+                        "batch": batch,
+                        "threads": count,
+                        "seconds_of_audio": seconds,
+                        "teacher_s": timed["sampling/teacher_s"],
+                        "student_s": timed["sampling/student_s"],
+                        "speedup": timed["sampling/speedup"],
+                        "speedup_q25": timed["sampling/speedup_q25"],
+                        "speedup_q75": timed["sampling/speedup_q75"],
+                        "rounds": rounds,
+                        "student_parameters": sum(p.numel() for p in student.parameters()),
+                    }
                 )
-            rows.append(
-                {
-                    "student": name,
-                    "batch": batch,
-                    "seconds_of_audio": seconds,
-                    "teacher_s": timed["sampling/teacher_s"],
-                    "student_s": timed["sampling/student_s"],
-                    "speedup": timed["sampling/speedup"],
-                    "speedup_q25": timed["sampling/speedup_q25"],
-                    "speedup_q75": timed["sampling/speedup_q75"],
-                    "rounds": rounds,
-                    "student_parameters": sum(p.numel() for p in student.parameters()),
-                }
-            )
-            print(json.dumps(rows[-1]))
+                print(json.dumps(rows[-1]))
+    torch.set_num_threads(1)  # the step costs at one thread, as the cached-vs-naive case
     return rows
 
 
@@ -157,7 +165,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# WaveNet sampling speed (experiments/bench_wavenet.py)",
         "",
-        f"{results['machine']}, torch {results['torch']}, {results['threads']} thread(s).",
+        f"{results['machine']}, torch {results['torch']}; the students' rounds at "
+        f"{', '.join(map(str, results['threads']))} thread(s), the rest at one.",
         "",
         "## Cached teacher vs naive step-by-step sampling",
         "",
@@ -168,12 +177,14 @@ def markdown(results: dict) -> str:
         "",
         "## Students vs the cached teacher, one second of 16 kHz audio",
         "",
-        "| student | parameters | batch | teacher (s) | student (s) | speedup (quartiles) |",
-        "|---|---|---|---|---|---|",
+        "| student | parameters | batch | threads | teacher (s) | student (s) | speedup "
+        "(quartiles) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["students_vs_teacher"]:
         lines.append(
             f"| {row['student']} | {row['student_parameters']:,} | {row['batch']} | "
+            f"{row['threads']} | "
             f"{row['teacher_s']:.2f} | {row['student_s']:.3f} | **{row['speedup']:.1f}x** "
             f"({row['speedup_q25']:.1f}-{row['speedup_q75']:.1f}) |"
         )
@@ -191,14 +202,16 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny, nothing written")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="the students' rounds at each"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.quick:
         steps, seconds, batches, rounds, repeats = 50, 0.01, [1, 2], 1, 1
     else:
-        steps, seconds, batches, rounds, repeats = 2000, 1.0, [1, 16], 5, 3
+        steps, seconds, batches, rounds, repeats = 2000, 1.0, [1, 16], 3, 3
     results = {
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
         "torch": torch.__version__,
@@ -206,7 +219,7 @@ def main() -> None:
         "cached_vs_naive": cached_vs_naive(steps, rounds),
     }
     print(json.dumps(results["cached_vs_naive"]))
-    results["students_vs_teacher"] = students_vs_teacher(seconds, batches, rounds)
+    results["students_vs_teacher"] = students_vs_teacher(seconds, batches, rounds, args.threads)
     results["step_cost"] = step_cost(steps, [16, 32, 64, 128], repeats)
     print(json.dumps(results["step_cost"]))
     if args.quick:
