@@ -117,12 +117,16 @@ def _per_step_flows(cfg: DictConfig, term: str, affine: bool) -> None:
 SEQUENCE_EVALUATION = ("num_nll_sequences", "timing_seconds", "timing_rounds")
 
 
+def _sequence_student(cfg: DictConfig) -> bool:
+    """Whether the student is a WaveNet flow over sequences."""
+    return "wavenet" in str(cfg.student.flow.get("_target_", ""))
+
+
 def _evaluation_keys(cfg: DictConfig) -> None:
     """A sequence student's evaluation needs its keys; a vector student's must not get them
     (they would be silently unused)."""
     evaluation = cfg.student.get("evaluation") or {}
-    sequence = "wavenet" in str(cfg.student.flow.get("_target_", ""))
-    if sequence:
+    if _sequence_student(cfg):
         missing = [key for key in SEQUENCE_EVALUATION if evaluation.get(key) is None]
         if missing:
             raise ConfigError(
@@ -198,7 +202,7 @@ def _check_objective(cfg: DictConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"student.{error}") from None
     used = {term for term, weight in loss["terms"].items() if weight}
-    if "wavenet" not in str(cfg.student.flow.get("_target_", "")):
+    if not _sequence_student(cfg):
         spectral = sorted(used & SPECTRAL)
         if spectral:
             raise ConfigError(

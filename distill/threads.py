@@ -19,13 +19,13 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def thread_count(value: Any, key: str = "cpu_threads") -> int:
+def thread_count(value: Any, key: str, accepted: str) -> int:
     """``all`` -> `usable_cores`; an integer >= 1 -> itself; anything else is refused by
-    ``key``."""
+    ``key``, saying what it ``accepted``."""
     if value == "all":
         return usable_cores()
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} is not valid: it must be auto, all or an integer >= 1")
+        raise ValueError(f"{key}={value!r} is not valid: it must be {accepted}")
     return value
 
 
@@ -37,26 +37,26 @@ def set_cpu_threads(value: Any) -> None:
 
     The flows over vectors are small (a few 128-wide layers on batches of 512): on 2 cores the
     default job took 571 s with torch's default of one thread per core and 266 s with one.
-    Training a WaveNet student is no different (its Lightning step: 0.29 s on two threads,
-    0.26 s on one), but its evaluation is: the student's batch-1 sample of one second of audio
-    takes 37 ms on two threads and 53 ms on one, while the teacher's sequential loop does not
-    move (`cpu_threads` below; experiments/results/notes_session7.md)."""
+    On this 2-core machine the WaveNets of the notes were no different in whole runs: a
+    student's Lightning step took 0.32 s on two threads and 0.26 s on one, and both models'
+    sampling got slower too, although their passes timed alone gained from a second thread
+    (experiments/results/notes_session7.md)."""
     if value == "auto":
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)
         return
-    torch.set_num_threads(thread_count(value))
+    torch.set_num_threads(thread_count(value, "cpu_threads", "auto, all or an integer >= 1"))
 
 
 @contextmanager
-def cpu_threads(value: Any, key: str = "cpu_threads") -> Iterator[None]:
+def cpu_threads(value: Any, key: str = "student.evaluation.cpu_threads") -> Iterator[None]:
     """Torch's intra-op threads set to ``value`` (`thread_count`) inside the block, restored
     after; ``None`` leaves them as they are."""
     if value is None:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(thread_count(value, key))
+    torch.set_num_threads(thread_count(value, key, "all or an integer >= 1 (null: the run's)"))
     try:
         yield
     finally:
