@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor
@@ -86,10 +87,19 @@ def parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train_teacher(cfg: DictConfig, stage_dir: Path) -> StageResult:
-    """The ``teacher`` stage: maximum likelihood on ``cfg.data``; metrics on the test split."""
+def train_teacher(
+    cfg: DictConfig, stage_dir: Path, student_flow: DictConfig | None = None
+) -> StageResult:
+    """The ``teacher`` stage: maximum likelihood on ``cfg.data``; metrics on the test split.
+
+    ``student_flow``: the spec of a student to distill next (`distill`), built once against
+    the data before the teacher trains, so that a setting its builder refuses (such as
+    ``context_hidden`` on unconditional data) fails in seconds, not after the teacher."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(plain(cfg.data))
+    if student_flow is not None:
+        with torch.random.fork_rng(devices=[]):  # the teacher's initialization stays as seeded
+            build_from_spec(student_flow, "student.flow", **flow_shape(datamodule))
     module = TeacherModule.from_datamodule(datamodule, cfg.teacher.flow, cfg.teacher.optim)
     log.info(
         "teacher stage: %s on %s (%d parameters), %d steps, into %s",

@@ -66,7 +66,6 @@ SEQUENCE_STUDENT = {
     "layers_per_flow": [2, 2],
     "residual_channels": 4,
     "skip_channels": 4,
-    "context_hidden": 8,
 }
 CONDITIONINGS = ("none", "pitch", "pitch_track")
 SEQUENCE_BATCH_SIZES = (1, 7, 32)
@@ -126,8 +125,10 @@ def sequence_checkpoints(tmp_path_factory):
     paths = {}
     for conditioning in CONDITIONINGS:
         teacher = TeacherModule.from_datamodule(notes(conditioning), SEQUENCE_TEACHER)
+        # a conditioning network where there is a context to read
+        hidden = {} if conditioning == "none" else {"context_hidden": 8}
         module = StudentModule.from_teacher(
-            teacher, student={**SEQUENCE_STUDENT, **teacher.flow_shape}, loss=LOSS
+            teacher, student={**SEQUENCE_STUDENT, **hidden, **teacher.flow_shape}, loss=LOSS
         )
         perturb(module, generator)
         paths[conditioning] = folder / f"{conditioning}.ckpt"

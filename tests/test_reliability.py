@@ -377,6 +377,23 @@ def test_a_requeued_job_logs_every_step_once_wherever_it_stopped(
     assert check_requeue(requeue, run, 16) == step
 
 
+def test_a_student_setting_its_builder_refuses_fails_before_the_teacher_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "distill",
+        *MOONS,
+        *SMALL_FLOW,
+        "flow@student.flow=iaf_spline",
+        "+student.flow.log_scale_bound=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    error = one_line_error(result)
+    assert "student.flow" in error
+    assert "log_scale_bound=2 is not read by the spline transform" in error
+    assert not list(run_dir.rglob("*.ckpt")), "the teacher trained before the refusal"
+
+
 def test_a_read_only_run_directory_is_one_line(tmp_path):
     read_only = tmp_path / "ro"
     read_only.mkdir()

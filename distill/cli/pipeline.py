@@ -52,7 +52,7 @@ def finished_teacher(cfg: DictConfig, directory: Path) -> tuple[TeacherModule, d
             metrics = json.loads(done.read_text())
             log.info("reusing the teacher trained in %s", directory)
             return load_teacher(metrics["teacher/checkpoint"]), metrics
-        trained = train_teacher(cfg, directory)
+        trained = train_teacher(cfg, directory, student_flow=cfg.student.flow)
         if trained.is_global_zero:
             settings = key_settings(cfg, ("teacher",))
             trained.write(directory, run_overrides(), settings)

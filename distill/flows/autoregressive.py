@@ -25,7 +25,11 @@ from torch import Tensor, nn
 
 from distill.flows.base import Bijector
 from distill.flows.made import MADE
-from distill.flows.transforms import Affine, ElementwiseTransform, RationalQuadraticSpline
+from distill.flows.transforms import (
+    Affine,
+    ElementwiseTransform,
+    elementwise_transform,
+)
 from distill.flows.wavenet import WaveNet
 
 
@@ -217,19 +221,6 @@ class InverseAutoregressiveSpline(AutoregressiveSpline):
     conditioner_reads_data = False
 
 
-def elementwise_transform(
-    name: str, log_scale_bound: float = 3.0, bins: int = 8, tail_bound: float = 5.0
-) -> ElementwiseTransform:
-    """The elementwise transform called ``name``: "affine" (`Affine`, bounded by
-    ``log_scale_bound``) or "spline" (`RationalQuadraticSpline` of ``bins`` bins on
-    ``[-tail_bound, tail_bound]``)."""
-    if name == "affine":
-        return Affine(log_scale_bound)
-    if name == "spline":
-        return RationalQuadraticSpline(bins, tail_bound)
-    raise ValueError(f"transform must be 'affine' or 'spline', got {name!r}")
-
-
 class AutoregressiveWaveNet(AutoregressiveLayer):
     """An autoregressive layer over the time axis of ``(..., C, T)`` sequences whose
     conditioner is a `WaveNet`: ``x_t = f(u_t; theta_t)``, theta_t read from the steps < t of
@@ -248,12 +239,14 @@ class AutoregressiveWaveNet(AutoregressiveLayer):
         self,
         channels: int = 1,
         transform: str = "affine",
-        log_scale_bound: float = 3.0,
-        bins: int = 8,
-        tail_bound: float = 5.0,
+        log_scale_bound: float | None = None,
+        bins: int | None = None,
+        tail_bound: float | None = None,
         **wavenet,
     ):
-        elementwise = elementwise_transform(transform, log_scale_bound, bins, tail_bound)
+        elementwise = elementwise_transform(
+            transform, log_scale_bound=log_scale_bound, bins=bins, tail_bound=tail_bound
+        )
         super().__init__(
             elementwise, WaveNet(channels, out_multiplier=elementwise.num_params, **wavenet)
         )

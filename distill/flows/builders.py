@@ -22,6 +22,7 @@ from distill.flows.coupling import AdditiveCoupling, AffineCoupling, SplineCoupl
 from distill.flows.distribution import Flow, SequenceFlow
 from distill.flows.normalization import BatchNorm
 from distill.flows.permutation import RandomPermute, Reverse
+from distill.flows.transforms import transform_settings
 
 PERMUTATIONS = ("reverse", "random", "none")
 # layer -> transform -> class; the first transform of each layer is its default
@@ -50,9 +51,9 @@ def build_flow(
     permutation: str = "reverse",
     context_features: int | None = None,
     transform: str | None = None,
-    log_scale_bound: float = 3.0,
-    bins: int = 8,
-    tail_bound: float = 5.0,
+    log_scale_bound: float | None = None,
+    bins: int | None = None,
+    tail_bound: float | None = None,
 ) -> Flow:
     """``num_layers`` layers of one kind, noise -> data, with an optional BatchNorm after each
     layer but the last and a permutation between consecutive layers.
@@ -69,9 +70,11 @@ def build_flow(
         context_features: C, for a conditional flow q(x | c); None for an unconditional one.
         transform: the elementwise transform: "affine" (the default) or "spline" for MAF,
             IAF and Real NVP; NICE has "additive" only.
-        log_scale_bound: the affine transform's bound on its log-scale (affine only).
+        log_scale_bound: the affine transform's bound on its log-scale (affine only; 3).
         bins, tail_bound: the spline's number of bins and the half-width of the interval it
-            covers, identity outside (spline only).
+            covers, identity outside (spline only; 8 and 5).
+
+    A setting the transform does not read is refused (`transform_settings`), not dropped.
     """
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {tuple(LAYERS)}, got {layer!r}")
@@ -87,11 +90,7 @@ def build_flow(
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     if features < 1:
         raise ValueError(f"features must be >= 1, got {features}")
-    settings = {
-        "affine": {"log_scale_bound": log_scale_bound},
-        "spline": {"bins": bins, "tail_bound": tail_bound},
-        "additive": {},
-    }[transform]
+    settings = transform_settings(transform, log_scale_bound, bins, tail_bound)
     bijectors: list[Bijector] = []
     for index in range(num_layers):
         if index > 0:
@@ -146,9 +145,9 @@ def build_wavenet_flow(
     kernel_size: int = 2,
     dilation_cycle: int = 10,
     transform: str = "affine",
-    log_scale_bound: float = 3.0,
-    bins: int = 8,
-    tail_bound: float = 5.0,
+    log_scale_bound: float | None = None,
+    bins: int | None = None,
+    tail_bound: float | None = None,
     global_features: int | None = None,
     local_features: int | None = None,
     hop_length: int | None = None,
@@ -206,7 +205,7 @@ def build_wavenet_flow(
         channels,
         length,
         context_event_dims=2 if local_features else 1,
-        hop_length=hop_length if local_features else None,
+        hop_length=hop_length,
     )
 
 

@@ -234,3 +234,46 @@ class RationalQuadraticSpline(ElementwiseTransform):
         offset = math.log(math.expm1(1 - self.min_derivative))  # softplus(offset) + min = 1
         derivatives = self.min_derivative + F.softplus(raw_derivatives + offset)
         return knots, derivatives
+
+
+#: The settings each named transform reads, with their defaults.
+TRANSFORM_SETTINGS: dict[str, dict[str, float | int]] = {
+    "affine": {"log_scale_bound": 3.0},
+    "spline": {"bins": 8, "tail_bound": 5.0},
+    "additive": {},
+}
+
+
+def transform_settings(
+    name: str,
+    log_scale_bound: float | None = None,
+    bins: int | None = None,
+    tail_bound: float | None = None,
+) -> dict[str, float | int]:
+    """The settings of the transform called ``name`` (`TRANSFORM_SETTINGS`): each given value,
+    the default for each one left None. A value the transform does not read is refused by
+    name, never dropped (``log_scale_bound`` with a spline, ``bins`` with an affine)."""
+    if name not in TRANSFORM_SETTINGS:
+        raise ValueError(f"transform must be one of {tuple(TRANSFORM_SETTINGS)}, got {name!r}")
+    read = TRANSFORM_SETTINGS[name]
+    given = {"log_scale_bound": log_scale_bound, "bins": bins, "tail_bound": tail_bound}
+    unread = {key: value for key, value in given.items() if value is not None}
+    unread = {key: value for key, value in unread.items() if key not in read}
+    if unread:
+        takes = ", ".join(read) or "no settings"
+        settings = ", ".join(f"{key}={value}" for key, value in unread.items())
+        raise ValueError(
+            f"{settings} is not read by the {name} transform (it takes {takes}): "
+            f"remove it (in a config: flow.<key>=null) or choose the transform that reads it"
+        )
+    return {key: default if given[key] is None else given[key] for key, default in read.items()}
+
+
+def elementwise_transform(name: str, **settings: float | int | None) -> ElementwiseTransform:
+    """The elementwise transform called ``name``: "affine" (`Affine`, bounded by
+    ``log_scale_bound``) or "spline" (`RationalQuadraticSpline` of ``bins`` bins on
+    ``[-tail_bound, tail_bound]``), with `transform_settings`' defaults and refusals."""
+    classes = {"affine": Affine, "spline": RationalQuadraticSpline}
+    if name not in classes:
+        raise ValueError(f"transform must be 'affine' or 'spline', got {name!r}")
+    return classes[name](**transform_settings(name, **settings))

@@ -92,6 +92,17 @@ class WaveNet(nn.Module):
                 f"local_features={local_features} needs hop_length >= 1 (the steps per frame "
                 f"of the local context), got {hop_length}"
             )
+        if not local_features and hop_length is not None:
+            raise ValueError(
+                f"hop_length={hop_length} is the steps per frame of a local context, but this "
+                "WaveNet has none (local_features unset): remove hop_length"
+            )
+        if context_hidden and not (global_features or local_features):
+            raise ValueError(
+                f"context_hidden={context_hidden} sizes the network that reads a context, but "
+                "this flow has none (its data is unconditional): set flow.context_hidden=null, "
+                "or condition the data (e.g. data.conditioning=pitch)"
+            )
         self.channels = channels
         self.out_multiplier = out_multiplier
         self.residual_channels = residual_channels

@@ -270,6 +270,17 @@ def test_closed_form_kl_refuses_spline_layers(flow):
         (lambda: build_realnvp(2, transform="spline", bins=0), "bins must be >= 2"),
         (lambda: build_iaf(2, transform="spline", tail_bound=-1.0), "tail_bound must be positive"),
         (lambda: build_maf(2, log_scale_bound=0.0), "log_scale_bound must be positive"),
+        (
+            lambda: build_maf(2, transform="spline", log_scale_bound=2.0),
+            r"log_scale_bound=2.0 is not read by the spline transform \(it takes bins, "
+            r"tail_bound\)",
+        ),
+        (lambda: build_iaf(2, bins=4), "bins=4 is not read by the affine transform"),
+        (
+            lambda: build_nice(2, log_scale_bound=1.0, tail_bound=2.0),
+            r"log_scale_bound=1.0, tail_bound=2.0 is not read by the additive transform \(it "
+            "takes no settings\)",
+        ),
     ],
 )
 def test_bad_construction_is_a_clear_error(make, message):

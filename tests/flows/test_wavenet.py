@@ -42,7 +42,7 @@ def make_layer(layer_class, kind: str, transform: str = "affine", kernel_size: i
         C,
         transform=transform,
         kernel_size=kernel_size,
-        tail_bound=2.0,
+        **({"tail_bound": 2.0} if transform == "spline" else {}),
         **SMALL,
         **CONDITIONING[kind][0],
     )
@@ -187,6 +187,12 @@ def test_clear_errors():
         WaveNet(1, 2, local_features=2)
     with pytest.raises(ValueError, match="layers_per_flow"):
         build_wavenet_iaf(layers_per_flow=[])
+    with pytest.raises(ValueError, match="context_hidden=8 sizes the network that reads a context"):
+        build_wavenet_iaf(layers_per_flow=[1], context_hidden=8)
+    with pytest.raises(ValueError, match="hop_length=4 is the steps per frame of a local context"):
+        WaveNet(1, 2, hop_length=4)
+    with pytest.raises(ValueError, match="log_scale_bound=7.0 is not read by the spline"):
+        build_wavenet_maf(layers_per_flow=[1], transform="spline", log_scale_bound=7.0)
     with pytest.raises(ValueError, match="length is for sequence flows"):
         from distill.flows import build_maf
 
