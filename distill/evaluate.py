@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -109,15 +109,18 @@ def paired_sampling_times(
     student: Callable[[int], Tensor],
     num_samples: int,
     rounds: int = 11,
+    warmups: Sequence[Callable[[], object]] | None = None,
 ) -> dict[str, float]:
     """Teacher and student drawing ``num_samples`` in interleaved, paired rounds (the order
-    alternates, so load from other processes hits both alike), after one warm-up call each.
+    alternates, so load from other processes hits both alike), after one warm-up call each
+    (or the calls ``warmups``, untimed).
 
     ``sampling/{teacher,student}_s``: median seconds; ``sampling/speedup``: the median of the
     per-round ratios teacher / student, with ``_q25``/``_q75`` (its spread) and ``_min``;
     ``sampling/cpu_threads``: torch's intra-op threads during the rounds (``cpu_threads``), the
     same for both."""
-    _timed(teacher, num_samples), _timed(student, num_samples)
+    for warmup in warmups or (lambda: teacher(num_samples), lambda: student(num_samples)):
+        warmup()
     teacher_s, student_s = [], []
     for index in range(rounds):
         pair = [(teacher, teacher_s), (student, student_s)]

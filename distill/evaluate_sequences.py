@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -124,28 +125,43 @@ def sampling_times(
     rounds: int = 3,
 ) -> dict[str, float]:
     """Teacher (cached sequential sampling) and student (one parallel pass per flow) drawing
-    ``seconds`` of audio at each batch size, in interleaved paired rounds after a warm-up
-    (`paired_sampling_times`): ``sampling/b{B}_{teacher_s,student_s,speedup,...}``."""
+    ``seconds`` of audio at each batch size, in interleaved paired rounds
+    (`paired_sampling_times`): ``sampling/b{B}_{teacher_s,student_s,speedup,...}``.
+
+    Warm-up: the student draws the whole length once; the teacher a sixteenth of it (its loop
+    repeats one step's operations, so a short draw warms it as well as a long one, and the
+    whole second would cost as much as a timed round)."""
     length = int(round(seconds * sample_rate))
     hop = teacher.hop_length
     if hop is not None:  # a local context fixes the length: whole frames
         length = max(hop, length // hop * hop)
     frames = None if hop is None else length // hop
+    warm_frames = None if frames is None else max(1, frames // 16)
+    warm_length = max(1, length // 16) if hop is None else warm_frames * hop
     metrics: dict[str, float] = {"sampling/seconds_of_audio": length / sample_rate}
+
+    def sampler(flow: SequenceFlow, ctx: Tensor | None, steps: int) -> Callable[[int], Tensor]:
+        def sample(count: int) -> Tensor:
+            if ctx is None:
+                return flow.sample((count,), length=steps)
+            if hop is not None:  # a local context's frames set the length
+                return flow.sample((), ctx)
+            return flow.sample((), ctx, length=steps)
+
+        return sample
+
     for batch in batch_sizes:
         timing_context = _timing_context(context, batch, frames)
-
-        def sampler(flow: SequenceFlow, ctx=timing_context) -> Callable[[int], Tensor]:
-            def sample(count: int) -> Tensor:
-                if ctx is None:
-                    return flow.sample((count,), length=length)
-                if hop is not None:  # a local context's frames set the length
-                    return flow.sample((), ctx)
-                return flow.sample((), ctx, length=length)
-
-            return sample
-
-        timed = paired_sampling_times(sampler(teacher), sampler(student), batch, rounds=rounds)
+        warm_context = _timing_context(context, batch, warm_frames)
+        teacher_sample = sampler(teacher, timing_context, length)
+        student_sample = sampler(student, timing_context, length)
+        warmups = (
+            partial(sampler(teacher, warm_context, warm_length), batch),
+            partial(student_sample, batch),
+        )
+        timed = paired_sampling_times(
+            teacher_sample, student_sample, batch, rounds=rounds, warmups=warmups
+        )
         metrics.update(
             {
                 key.replace("sampling/", f"sampling/b{batch}_"): value

@@ -2,9 +2,15 @@
 
 import math
 
+import pytest
 import torch
 
-from distill.evaluate import evaluate_distillation, in_support_fraction, robust_summary
+from distill.evaluate import (
+    evaluate_distillation,
+    in_support_fraction,
+    paired_sampling_times,
+    robust_summary,
+)
 from distill.flows import build_iaf, build_maf, build_preprocessing
 from tests.flows.helpers import perturb
 
@@ -45,3 +51,33 @@ def test_in_support_fraction_counts_samples_inside():
     fraction = in_support_fraction(flow, right_half, num_samples=4000)
     assert abs(fraction - 0.5) < 0.05
     assert in_support_fraction(flow, lambda points: None, num_samples=10) is None
+
+
+@pytest.mark.parametrize("warmups", ["default", "given"])
+def test_paired_sampling_times_warms_up_untimed_then_interleaves_rounds(warmups):
+
+    calls = []
+
+    def sampler(name):
+        def sample(count):
+            calls.append((name, count))
+            return torch.zeros(count)
+
+        return sample
+
+    given = [lambda: calls.append(("warm teacher", 0)), lambda: calls.append(("warm student", 0))]
+    timed = paired_sampling_times(
+        sampler("teacher"),
+        sampler("student"),
+        3,
+        rounds=3,
+        warmups=given if warmups == "given" else None,
+    )
+    warm = (
+        [("warm teacher", 0), ("warm student", 0)]
+        if warmups == "given"
+        else [("teacher", 3), ("student", 3)]
+    )
+    rounds = [("teacher", 3), ("student", 3), ("student", 3), ("teacher", 3)]
+    assert calls == warm + rounds + rounds[:2]  # the order alternates round by round
+    assert timed["sampling/rounds"] == 3 and timed["sampling/speedup"] > 0

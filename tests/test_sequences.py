@@ -141,13 +141,17 @@ def test_timing_draws_the_asked_seconds_of_audio(monkeypatch, conditioning):
         shape.update(local_features=1, hop_length=32)
     teacher = build_wavenet_maf(layers_per_flow=[1], **shape).eval()
     student = build_wavenet_iaf(layers_per_flow=[1], **shape).eval()
-    drawn = []
+    drawn, warmed = [], []
 
-    def record(teacher_sampler, student_sampler, count, rounds):
+    def record(teacher_sampler, student_sampler, count, rounds, warmups):
         drawn.extend(sampler(count).shape for sampler in (teacher_sampler, student_sampler))
+        warmed.extend(warmup().shape for warmup in warmups)
         return {"sampling/speedup": 1.0}
 
     monkeypatch.setattr(evaluation, "paired_sampling_times", record)
     context = getattr(datamodule, "test_context", None)
     sampling_times(teacher, student, 16000, context, (1, 3), seconds=0.02, rounds=1)
     assert drawn == [(1, 1, 320)] * 2 + [(3, 1, 320)] * 2  # 0.02 s = 320 steps, 10 frames of 32
+    # the teacher warms up on a sixteenth (whole frames: one), the student on the whole length
+    short = 32 if conditioning == "pitch_track" else 20
+    assert warmed == [(1, 1, short), (1, 1, 320), (3, 1, short), (3, 1, 320)]
