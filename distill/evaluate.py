@@ -119,7 +119,9 @@ def paired_sampling_times(
     per-round ratios teacher / student, with ``_q25``/``_q75`` (its spread) and ``_min``;
     ``sampling/cpu_threads``: torch's intra-op threads during the rounds (``cpu_threads``), the
     same for both."""
-    for warmup in warmups or (lambda: teacher(num_samples), lambda: student(num_samples)):
+    if warmups is None:
+        warmups = (lambda: teacher(num_samples), lambda: student(num_samples))
+    for warmup in warmups:
         warmup()
     teacher_s, student_s = [], []
     for index in range(rounds):

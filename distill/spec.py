@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distill import data, flows
+from distill.flows.builders import unread_settings
 
 #: The only callables a spec may name. A new builder is buildable from configs and
 #: checkpoints once it is added here, under the dotted name its configs use.
@@ -85,3 +86,24 @@ def build_from_spec(spec: Mapping[str, Any] | DictConfig, key: str, **overrides:
         return builder(**spec, **overrides)
     except Exception as error:  # the builder's own error, as one line naming the key
         raise ValueError(f"invalid config `{key}` ({target}): {error}") from error
+
+
+def without_unread(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``value`` (hyper-parameters: nested mappings and lists) with every flow spec's unread
+    settings removed (`distill.flows.builders.unread_settings`), and their dotted paths.
+
+    For checkpoints written before the builders refused such settings: they were dropped when
+    the flow was built then, so the flow rebuilt without them is the one that was trained."""
+    if isinstance(value, Mapping):
+        target = value.get("_target_")
+        unread = unread_settings(target, value) if target in BUILDERS else []
+        cleaned, dropped = {}, [f"{path}.{key}".lstrip(".") for key in unread]
+        for key, item in value.items():
+            if key not in unread:
+                cleaned[key], inner = without_unread(item, f"{path}.{key}")
+                dropped += inner
+        return cleaned, dropped
+    if isinstance(value, list | tuple):
+        pairs = [without_unread(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return type(value)(item for item, _ in pairs), [p for _, inner in pairs for p in inner]
+    return value, []

@@ -121,6 +121,8 @@ def registry() -> list[Run]:
             [
                 "experiment=moons",
                 "flow@teacher.flow=maf",
+                "teacher.flow.bins=null",  # the experiment's spline settings: not an affine's
+                "teacher.flow.tail_bound=null",
                 "teacher.flow.num_layers=10",
                 "teacher.optim.lr=1e-3",
                 "teacher.trainer.max_steps=5000",

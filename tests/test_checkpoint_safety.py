@@ -135,3 +135,60 @@ def test_every_allowed_builder_is_the_callable_its_name_says():
 def test_builder_errors_stay_one_line_and_name_the_key():
     with pytest.raises(ValueError, match=r"invalid config `student` .*num_layers must be >= 1"):
         build_from_spec({**TINY_IAF, "num_layers": 0}, "student")
+
+
+def test_settings_written_before_the_builders_refused_them_are_dropped_with_a_warning(
+    checkpoints, tmp_path
+):
+    """A checkpoint from before the refusals holds settings its flows never read (a spline's
+    ``bins`` beside an affine MAF): it loads, warns with their paths, and is the same flow."""
+
+    def add_unread(hparams):
+        hparams["student"] = {**hparams["student"], "bins": 32, "tail_bound": 4.0}
+        hparams["teacher"]["flow"] = {**hparams["teacher"]["flow"], "log_scale_bound": None}
+        hparams["teacher"]["flow"]["bins"] = 16
+
+    path = tampered(checkpoints["student"], tmp_path / "old.ckpt", add_unread)
+    with pytest.warns(UserWarning, match=r"student.bins, student.tail_bound, teacher.flow.bins"):
+        old = StudentModule.load_from_checkpoint(path)
+    current = StudentModule.load_from_checkpoint(checkpoints["student"])
+    x = torch.randn(5, FEATURES)
+    torch.testing.assert_close(old.student.log_prob(x), current.student.log_prob(x))
+    torch.testing.assert_close(old.teacher.log_prob(x), current.teacher.log_prob(x))
+    with pytest.raises(ValueError, match="bins=32, tail_bound=4.0 is not read by the affine"):
+        build_from_spec({**TINY_IAF, "bins": 32, "tail_bound": 4.0}, "student.flow")
+
+
+@pytest.mark.parametrize(
+    ("spec", "unread"),
+    [
+        ({"_target_": "distill.flows.build_wavenet_iaf", "context_hidden": 8}, ["context_hidden"]),
+        ({"_target_": "distill.flows.build_wavenet_maf", "hop_length": 4}, ["hop_length"]),
+        (
+            {"_target_": "distill.flows.build_wavenet_maf", "transform": "spline", "bins": 4},
+            [],
+        ),
+        (
+            {
+                "_target_": "distill.flows.build_realnvp",
+                "transform": "spline",
+                "log_scale_bound": 3,
+            },
+            ["log_scale_bound"],
+        ),
+        ({"_target_": "distill.flows.build_nice", "tail_bound": 2.0}, ["tail_bound"]),
+        ({"_target_": "distill.flows.build_flow", "layer": "maf", "bins": 8}, ["bins"]),
+    ],
+)
+def test_unread_settings_are_what_the_builders_refuse(spec, unread):
+    from distill.flows.builders import unread_settings
+    from distill.spec import without_unread
+
+    shape = {"features": FEATURES} if "wavenet" not in spec["_target_"] else {"length": 8}
+    assert unread_settings(spec["_target_"], spec) == unread
+    if unread:
+        with pytest.raises(ValueError, match=f"{unread[0]}="):
+            build_from_spec({**spec, **shape}, "flow")
+    cleaned, dropped = without_unread({"flow": {**spec, **shape}})
+    assert dropped == [f"flow.{key}" for key in unread]
+    build_from_spec(cleaned["flow"], "flow")

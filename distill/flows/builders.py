@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from distill.flows.autoregressive import (
     InverseAutoregressiveAffine,
@@ -22,7 +23,7 @@ from distill.flows.coupling import AdditiveCoupling, AffineCoupling, SplineCoupl
 from distill.flows.distribution import Flow, SequenceFlow
 from distill.flows.normalization import BatchNorm
 from distill.flows.permutation import RandomPermute, Reverse
-from distill.flows.transforms import transform_settings
+from distill.flows.transforms import TRANSFORM_SETTINGS, transform_settings
 
 PERMUTATIONS = ("reverse", "random", "none")
 # layer -> transform -> class; the first transform of each layer is its default
@@ -219,3 +220,26 @@ def build_wavenet_iaf(**kwargs) -> SequenceFlow:
     """WaveNet IAF over time, ``build_wavenet_flow("iaf", ...)``: a sequence and its density
     in one pass per flow."""
     return build_wavenet_flow("iaf", **kwargs)
+
+
+def unread_settings(target: str, settings: Mapping[str, Any]) -> list[str]:
+    """The keys of ``settings`` (the keyword arguments of the builder ``target``, e.g.
+    ``"distill.flows.build_maf"``) that the built flow would not read: settings of another
+    transform than its own, a WaveNet's ``context_hidden`` without a context and
+    ``hop_length`` without a local one. The builders refuse them; checkpoints written before
+    they did hold such keys, unread, and load without them (`distill.spec.without_unread`)."""
+    name = target.rsplit(".build_", 1)[-1]
+    layer = settings.get("layer") if name == "flow" else name.removeprefix("wavenet_")
+    wavenet = name.startswith("wavenet_")
+    if not wavenet and layer not in LAYERS:
+        return []
+    transform = settings.get("transform") or ("affine" if wavenet else next(iter(LAYERS[layer])))
+    read = TRANSFORM_SETTINGS.get(transform, {})
+    unread = [key for key in ("log_scale_bound", "bins", "tail_bound") if key in settings]
+    unread = [key for key in unread if key not in read and settings[key] is not None]
+    if wavenet and settings.get("context_hidden"):
+        if not (settings.get("global_features") or settings.get("local_features")):
+            unread.append("context_hidden")
+    if wavenet and settings.get("hop_length") is not None and not settings.get("local_features"):
+        unread.append("hop_length")
+    return unread

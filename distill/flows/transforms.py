@@ -262,9 +262,10 @@ def transform_settings(
     if unread:
         takes = ", ".join(read) or "no settings"
         settings = ", ".join(f"{key}={value}" for key, value in unread.items())
+        nulls = " ".join(f"{key}=null" for key in unread)
         raise ValueError(
-            f"{settings} is not read by the {name} transform (it takes {takes}): "
-            f"remove it (in a config: flow.<key>=null) or choose the transform that reads it"
+            f"{settings} is not read by the {name} transform (it takes {takes}): remove it (in "
+            f"a config: {nulls} under the flow) or choose the transform that reads it"
         )
     return {key: default if given[key] is None else given[key] for key, default in read.items()}
 

@@ -100,8 +100,8 @@ class WaveNet(nn.Module):
         if context_hidden and not (global_features or local_features):
             raise ValueError(
                 f"context_hidden={context_hidden} sizes the network that reads a context, but "
-                "this flow has none (its data is unconditional): set flow.context_hidden=null, "
-                "or condition the data (e.g. data.conditioning=pitch)"
+                "this flow has none (its data is unconditional): set context_hidden=null (in a "
+                "config, under the flow), or condition the data (e.g. data.conditioning=pitch)"
             )
         self.channels = channels
         self.out_multiplier = out_multiplier
@@ -109,7 +109,7 @@ class WaveNet(nn.Module):
         self.kernel_size = kernel_size
         self.global_features = global_features or None
         self.local_features = local_features or None
-        self.hop_length = hop_length if local_features else None
+        self.hop_length = hop_length
         self.dilations = [2 ** (i % dilation_cycle) for i in range(num_layers)]
         self.receptive_field = 1 + (kernel_size - 1) * sum(self.dilations)
 

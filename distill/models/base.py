@@ -4,6 +4,7 @@ with a usable checkpoint, and loading for inference."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,19 @@ import torch
 
 from distill.flows import Bijector
 from distill.models.optim import build_optimizer
-from distill.spec import build_from_spec
+from distill.spec import build_from_spec, without_unread
+
+
+def _hyper_parameters(source) -> dict[str, Any]:
+    """The hyper-parameters stored in the checkpoint at ``source`` (a path or a file object,
+    left where it was), read under ``weights_only``."""
+    if hasattr(source, "seek"):
+        position = source.tell()
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        source.seek(position)
+    else:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    return dict(checkpoint.get("hyper_parameters") or {})
 
 
 @contextmanager
@@ -69,6 +82,16 @@ class FlowModule(L.LightningModule):
         training mode a BatchNorm bijector would use batch statistics and update its running
         ones on every call). Resuming training goes through the Trainer, which sets train mode."""
         kwargs.setdefault("weights_only", True)
+        stored = _hyper_parameters(checkpoint_path)
+        cleaned, dropped = without_unread(stored)
+        if dropped:
+            warnings.warn(
+                f"{checkpoint_path}: dropped settings that its flows never read (written "
+                f"before the builders refused them): {', '.join(dropped)}",
+                stacklevel=2,
+            )
+            changed = {key: cleaned[key] for key in stored if cleaned[key] != stored[key]}
+            kwargs = {**changed, **kwargs}
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs).eval()
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:

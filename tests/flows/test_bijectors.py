@@ -279,7 +279,7 @@ def test_closed_form_kl_refuses_spline_layers(flow):
         (
             lambda: build_nice(2, log_scale_bound=1.0, tail_bound=2.0),
             r"log_scale_bound=1.0, tail_bound=2.0 is not read by the additive transform \(it "
-            "takes no settings\)",
+            r"takes no settings\)",
         ),
     ],
 )
