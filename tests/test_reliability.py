@@ -506,3 +506,21 @@ def test_a_resumed_run_draws_a_random_stream_of_its_own(ckpt_path):
     expected = 123 if ckpt_path is None else resumed_seed(123, 7)
     assert torch.initial_seed() == expected
     assert len({resumed_seed(seed, step) for seed in (0, 1) for step in (0, 1, 2)}) == 6
+
+
+def test_building_the_student_first_leaves_the_teacher_as_seeded(
+    compose_config, tmp_path, wandb_env
+):
+    """`distill` builds the student's flow before the teacher trains (to refuse its settings
+    early); the teacher it trains is the one `distill-teacher` trains."""
+    from distill.stages import train_teacher
+
+    overrides = [*MOONS, *SMALL_FLOW, "teacher.trainer.max_steps=2", "logger=csv"]
+    states = []
+    for name, student_flow in (("alone", None), ("with_student", "student")):
+        cfg = compose_config("distill", overrides, output_dir=tmp_path / name)
+        flow = cfg.student.flow if student_flow else None
+        module = train_teacher(cfg, tmp_path / name / "teacher", student_flow=flow).module
+        states.append(module.flow.state_dict())
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, msg=key)

@@ -14,7 +14,7 @@ layer starts near zero starts its layer near the identity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -236,10 +236,14 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return knots, derivatives
 
 
-#: The settings each named transform reads, with their defaults.
+def _defaults(transform: type, names: tuple[str, ...]) -> dict[str, float | int]:
+    return {field.name: field.default for field in fields(transform) if field.name in names}
+
+
+#: The settings each named transform takes from a builder, with the transform's defaults.
 TRANSFORM_SETTINGS: dict[str, dict[str, float | int]] = {
-    "affine": {"log_scale_bound": 3.0},
-    "spline": {"bins": 8, "tail_bound": 5.0},
+    "affine": _defaults(Affine, ("log_scale_bound",)),
+    "spline": _defaults(RationalQuadraticSpline, ("bins", "tail_bound")),
     "additive": {},
 }
 
