@@ -15,7 +15,7 @@ initialization; sampling time does not depend on the weights' values):
 2. ``student vs teacher``, at each ``--threads`` count (the same for teacher and student): each
    student shape drawing one second (16,000 steps) in one parallel pass per flow, against the
    cached teacher, at batch 1 (one utterance: the serving case) and 16. Shapes: the notes
-   student (flows of [8, 8, 8] blocks, 16 channels), the same at 24 channels, and Parallel
+   student (flows of [8, 8, 8] blocks, 14 channels), the same at 16 and 24 channels, and Parallel
    WaveNet's depths [10, 10, 10, 30] (16 channels here, 64 in the paper).
 3. ``where the time goes`` (one thread): the teacher's time per step against its width (16 to
    128 channels): flat means the step is bound by per-operation overhead (Python and the
@@ -44,6 +44,7 @@ SAMPLE_RATE = 16_000
 # the shapes of distill/conf/experiment/notes.yaml (unconditional here)
 TEACHER = {"layers_per_flow": [8], "residual_channels": 48, "skip_channels": 48}
 STUDENTS = {
+    "notes [8,8,8] x14": {"layers_per_flow": [8, 8, 8], "residual_channels": 14},
     "notes [8,8,8] x16": {"layers_per_flow": [8, 8, 8], "residual_channels": 16},
     "notes [8,8,8] x24": {"layers_per_flow": [8, 8, 8], "residual_channels": 24},
     "Parallel WaveNet's depths [10,10,10,30] x16": {
