@@ -23,7 +23,8 @@ from distill.flows.coupling import AdditiveCoupling, AffineCoupling, SplineCoupl
 from distill.flows.distribution import Flow, SequenceFlow
 from distill.flows.normalization import BatchNorm
 from distill.flows.permutation import RandomPermute, Reverse
-from distill.flows.transforms import TRANSFORM_SETTINGS, transform_settings
+from distill.flows.transforms import transform_settings, unread_transform_settings
+from distill.flows.wavenet import WaveNet
 
 PERMUTATIONS = ("reverse", "random", "none")
 # layer -> transform -> class; the first transform of each layer is its default
@@ -234,12 +235,5 @@ def unread_settings(target: str, settings: Mapping[str, Any]) -> list[str]:
     if not wavenet and layer not in LAYERS:
         return []
     transform = settings.get("transform") or ("affine" if wavenet else next(iter(LAYERS[layer])))
-    read = TRANSFORM_SETTINGS.get(transform, {})
-    unread = [key for key in ("log_scale_bound", "bins", "tail_bound") if key in settings]
-    unread = [key for key in unread if key not in read and settings[key] is not None]
-    if wavenet and settings.get("context_hidden"):
-        if not (settings.get("global_features") or settings.get("local_features")):
-            unread.append("context_hidden")
-    if wavenet and settings.get("hop_length") is not None and not settings.get("local_features"):
-        unread.append("hop_length")
-    return unread
+    unread = unread_transform_settings(transform, settings)
+    return unread + (WaveNet.unread_settings(settings) if wavenet else [])

@@ -14,8 +14,9 @@ layer starts near zero starts its layer near the identity.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +249,17 @@ TRANSFORM_SETTINGS: dict[str, dict[str, float | int]] = {
 }
 
 
+def unread_transform_settings(name: str, settings: Mapping[str, Any]) -> list[str]:
+    """The transform settings among ``settings`` (``log_scale_bound``, ``bins``,
+    ``tail_bound``; None counts as unset) that the transform called ``name`` does not read."""
+    read = TRANSFORM_SETTINGS.get(name, {})
+    return [
+        key
+        for key in ("log_scale_bound", "bins", "tail_bound")
+        if settings.get(key) is not None and key not in read
+    ]
+
+
 def transform_settings(
     name: str,
     log_scale_bound: float | None = None,
@@ -261,11 +273,9 @@ def transform_settings(
         raise ValueError(f"transform must be one of {tuple(TRANSFORM_SETTINGS)}, got {name!r}")
     read = TRANSFORM_SETTINGS[name]
     given = {"log_scale_bound": log_scale_bound, "bins": bins, "tail_bound": tail_bound}
-    unread = {key: value for key, value in given.items() if value is not None}
-    unread = {key: value for key, value in unread.items() if key not in read}
-    if unread:
+    if unread := unread_transform_settings(name, given):
         takes = ", ".join(read) or "no settings"
-        settings = ", ".join(f"{key}={value}" for key, value in unread.items())
+        settings = ", ".join(f"{key}={given[key]}" for key in unread)
         nulls = " ".join(f"{key}=null" for key in unread)
         raise ValueError(
             f"{settings} is not read by the {name} transform (it takes {takes}): remove it (in "

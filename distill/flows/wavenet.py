@@ -21,7 +21,8 @@ never a pass over the sequence.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +93,20 @@ class WaveNet(nn.Module):
                 f"local_features={local_features} needs hop_length >= 1 (the steps per frame "
                 f"of the local context), got {hop_length}"
             )
-        if not local_features and hop_length is not None:
+        unread = self.unread_settings(
+            {
+                "hop_length": hop_length,
+                "context_hidden": context_hidden,
+                "global_features": global_features,
+                "local_features": local_features,
+            }
+        )
+        if "hop_length" in unread:
             raise ValueError(
                 f"hop_length={hop_length} is the steps per frame of a local context, but this "
                 "WaveNet has none (local_features unset): remove hop_length"
             )
-        if context_hidden and not (global_features or local_features):
+        if "context_hidden" in unread:
             raise ValueError(
                 f"context_hidden={context_hidden} sizes the network that reads a context, but "
                 "this flow has none (its data is unconditional): set context_hidden=null (in a "
@@ -146,6 +155,19 @@ class WaveNet(nn.Module):
         with torch.no_grad():
             last.weight.mul_(1e-2)
             last.bias.zero_()
+
+    @staticmethod
+    def unread_settings(settings: Mapping[str, Any]) -> list[str]:
+        """The conditioning settings among ``settings`` (a WaveNet's keyword arguments) that
+        it would not read: ``hop_length`` without a local context, ``context_hidden`` without
+        any context. `WaveNet` refuses them."""
+        context = settings.get("global_features") or settings.get("local_features")
+        unread = []
+        if settings.get("hop_length") is not None and not settings.get("local_features"):
+            unread.append("hop_length")
+        if settings.get("context_hidden") and not context:
+            unread.append("context_hidden")
+        return unread
 
     @property
     def context_event_dims(self) -> int:
