@@ -9,7 +9,7 @@ Cases (float32, ``torch.no_grad``, weights perturbed away from their near-identi
 initialization; sampling time does not depend on the weights' values):
 
 1. ``cached vs naive`` (one thread): the notes teacher (``experiment=notes``: one WaveNet MAF
-   flow of 8 blocks, 48 channels) drawing 2,000 steps at batch 1 with its fast-WaveNet queues
+   flow of 9 blocks, 48 channels) drawing 2,000 steps at batch 1 with its fast-WaveNet queues
    (`WaveNet.solve`), against naive sampling that runs the whole WaveNet over the samples drawn
    so far for every step (a pass over t + 1 steps to get step t).
 2. ``student vs teacher``, at each ``--threads`` count (the same for teacher and student): each
@@ -42,7 +42,7 @@ from distill.flows import build_wavenet_iaf, build_wavenet_maf
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_RATE = 16_000
 # the shapes of distill/conf/experiment/notes.yaml (unconditional here)
-TEACHER = {"layers_per_flow": [8], "residual_channels": 48, "skip_channels": 48}
+TEACHER = {"layers_per_flow": [9], "residual_channels": 48, "skip_channels": 48}
 STUDENTS = {
     "notes [8,8,8] x14": {"layers_per_flow": [8, 8, 8], "residual_channels": 14},
     "notes [8,8,8] x16": {"layers_per_flow": [8, 8, 8], "residual_channels": 16},
