@@ -56,52 +56,61 @@ def edges_pairs(edges: list[int]) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def positions(checkpoint: str, sequences: int, teacher_samples: bool, seed: int = 0) -> dict:
-    """The per-window figures of one student checkpoint (its teacher inside)."""
+def positions(checkpoint: str, sequences: int, teacher_samples: bool, seed: int) -> dict:
+    """The per-window figures of one student checkpoint (its teacher inside), each a list of
+    one float per window: ``teacher_nll_per_step``, ``student_nll_per_step``,
+    ``nll_gap_per_step`` and ``nll_gap_share`` (the window's share of the gap summed over the
+    crop) on the test notes; ``kl_per_step`` (a one-draw log-ratio estimate per sample,
+    averaged over as many student samples); ``rms_data``, ``rms_student`` and, with
+    ``teacher_samples``, ``rms_teacher``. Flows with a local context (a ``hop_length``) are
+    refused: a prefix would need its context cut to whole frames."""
     torch.manual_seed(seed)
     module = StudentModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    student, teacher = module.inference_student, module.teacher
+    if student.hop_length is not None:
+        raise SystemExit(
+            f"{checkpoint}: a student with a local context (hop_length {student.hop_length}): "
+            "this script takes global or no context"
+        )
     datamodule = build_datamodule(dict(module.hparams.teacher["data"]["spec"]))
     datamodule.setup()
     data = module.to_model_space(datamodule.test_data[:sequences])
     context = datamodule.test_context
     context = None if context is None else context[:sequences]
-    student, teacher = module.student, module.teacher
     edges = window_edges(data.shape[-1])
     noise = torch.randn_like(data)
-    samples, _ = student.bijector(noise, context)
     student_nll, teacher_nll, kl = [], [], []
     for end in edges[1:]:
         student_nll.append(-student.log_prob(data[..., :end], context).mean().item())
         teacher_nll.append(-teacher.log_prob(data[..., :end], context).mean().item())
         prefix_noise = noise[..., :end]
-        prefix, log_det = student.bijector(prefix_noise, context)
-        kl.append(
-            (student.base.log_prob(prefix_noise) - log_det - teacher.log_prob(prefix, context))
-            .mean()
-            .item()
-        )
+        samples, log_det = student.bijector(prefix_noise, context)  # the last: the whole crop
+        log_q = student.base.log_prob(prefix_noise) - log_det
+        kl.append((log_q - teacher.log_prob(samples, context)).mean().item())
 
     def loudness(x: torch.Tensor) -> list[float]:
         return [x[..., a:b].square().mean().sqrt().item() for a, b in edges_pairs(edges)]
 
     teacher_window, student_window = per_window(teacher_nll, edges), per_window(student_nll, edges)
+    gaps = [s - t for s, t in zip(student_window, teacher_window, strict=True)]
+    window_gaps = [g * (b - a) for g, (a, b) in zip(gaps, edges_pairs(edges), strict=True)]
+    if sum(window_gaps) <= 0:
+        raise SystemExit(f"{checkpoint}: the student's NLL is not above the teacher's: no gap")
     result = {
         "checkpoint": checkpoint,
         "sequences": len(data),
         "windows": [list(pair) for pair in edges_pairs(edges)],
         "teacher_nll_per_step": teacher_window,
         "student_nll_per_step": student_window,
+        "nll_gap_per_step": gaps,
+        "nll_gap_share": [gap / sum(window_gaps) for gap in window_gaps],
         "kl_per_step": per_window(kl, edges),
         "rms_data": loudness(data),
         "rms_student": loudness(samples),
     }
-    gaps = [s - t for s, t in zip(student_window, teacher_window, strict=True)]
-    result["nll_gap_per_step"] = gaps
-    window_gaps = [g * (b - a) for g, (a, b) in zip(gaps, edges_pairs(edges), strict=True)]
-    result["nll_gap_share"] = [gap / sum(window_gaps) for gap in window_gaps]
     if teacher_samples:
         shape = () if context is not None else (len(data),)
-        result["rms_teacher"] = loudness(teacher.sample(shape, context))
+        result["rms_teacher"] = loudness(teacher.sample(shape, context, length=data.shape[-1]))
     return result
 
 
@@ -130,6 +139,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="NAME=STUDENT_CHECKPOINT")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--teacher-samples", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="the noise of the student samples")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "notes_positions"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -139,9 +149,10 @@ def main() -> None:
         name, _, checkpoint = run.partition("=")
         if not checkpoint:
             parser.error(f"expected NAME=STUDENT_CHECKPOINT, got {run!r}")
-        results[name] = positions(checkpoint, args.sequences, args.teacher_samples)
-        lines += table(name, results[name])
-        print("\n".join(table(name, results[name])), flush=True)
+        results[name] = positions(checkpoint, args.sequences, args.teacher_samples, args.seed)
+        run_lines = table(name, results[name])
+        lines += run_lines
+        print("\n".join(run_lines), flush=True)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines))
