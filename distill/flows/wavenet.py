@@ -240,33 +240,55 @@ class WaveNet(nn.Module):
 
     def params(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Inputs ``(..., C, T)`` [+ context] -> parameters ``(..., C, T, P)``, step t reading
-        the inputs of steps < t: one parallel pass."""
+        the inputs of steps < t: one parallel pass.
+
+        Computed time-major, ``(B, T, channels)``, every convolution as one matrix product
+        over its taps side by side (a dilated tap is the stream shifted right by its lag), and
+        the skips of all blocks as one product, as in `solve`. On CPU this is what makes a
+        second thread pay: oneDNN's convolution backward (weights) over ``(B, C, T)`` with few
+        channels got slower with two threads than with one (experiments/results/
+        notes_session10.md)."""
         batch_shape = inputs.shape[:-2]
         flat, gates = self._flatten(inputs, context)
+        length = flat.shape[-1]
+        num_blocks, residual = len(self.dilated), self.residual_channels
         if gates is not None:
             batch_shape = torch.broadcast_shapes(
                 batch_shape, context.shape[: -self.context_event_dims]
             )
-            gates = self._upsampled(gates, flat.shape[-1]).unflatten(1, (len(self.dilated), -1))
-        length = flat.shape[-1]
-        hidden = self.front(F.pad(flat, (1, -1)))  # step t sees steps <= t - 1
-        skips = 0.0
+            # (B, T or 1, blocks, 2R)
+            gates = self._upsampled(gates, length).transpose(1, 2).unflatten(2, (num_blocks, -1))
+        steps = F.pad(flat, (1, -1)).transpose(1, 2)  # (B, T, C): step t sees steps <= t - 1
+        hidden = F.linear(steps, self.front.weight[..., 0], self.front.bias)
+        units = []
         for index, (dilated, output) in enumerate(zip(self.dilated, self.outputs, strict=True)):
-            padding = (self.kernel_size - 1) * dilated.dilation[0]
-            gate = dilated(F.pad(hidden, (padding, 0)))
+            dilation = dilated.dilation[0]
+            # tap k reads step t - (kernel_size - 1 - k) * dilation; the last tap is step t
+            taps = [
+                F.pad(hidden, (0, 0, (self.kernel_size - 1 - k) * dilation, 0))[:, :length]
+                for k in range(self.kernel_size - 1)
+            ]
+            weight = dilated.weight.transpose(1, 2).reshape(dilated.out_channels, -1)
+            gate = F.linear(torch.cat([*taps, hidden], dim=-1), weight, dilated.bias)
             if gates is not None:
-                gate = gate + gates[:, index]
-            residual, skip = output(self._gated(gate)).split(
-                [self.residual_channels, output.out_channels - self.residual_channels], dim=1
-            )
-            hidden = hidden + residual
-            skips = skips + skip
-        out = self.head(skips)  # (B, C * P, T)
-        out = out.view(-1, self.channels, self.out_multiplier, length).transpose(-1, -2)
+                gate = gate + gates[:, :, index]
+            units.append(self._gated(gate))
+            if index < num_blocks - 1:  # the last block's residual feeds nothing
+                hidden = hidden + F.linear(
+                    units[-1], output.weight[:residual, :, 0], output.bias[:residual]
+                )
+        skip_weight = torch.cat([output.weight[residual:, :, 0] for output in self.outputs], 1)
+        skip_bias = sum(output.bias[residual:] for output in self.outputs)
+        skips = F.linear(torch.cat(units, dim=-1), skip_weight, skip_bias)
+        head_1, head_2 = self.head[1], self.head[3]
+        out = F.linear(torch.relu(skips), head_1.weight[..., 0], head_1.bias)
+        out = F.linear(torch.relu(out), head_2.weight[..., 0], head_2.bias)  # (B, T, C * P)
+        out = out.view(-1, length, self.channels, self.out_multiplier).transpose(1, 2)
         return out.reshape(*batch_shape, self.channels, length, self.out_multiplier)
 
     def _gated(self, gate: Tensor) -> Tensor:
-        filter_, gate_ = gate.chunk(2, dim=1)
+        """``tanh(filter) * sigmoid(gate)`` of the gate terms ``(..., 2R)`` (last dim)."""
+        filter_, gate_ = gate.chunk(2, dim=-1)
         return torch.tanh(filter_) * torch.sigmoid(gate_)
 
     # ---------------------------------------------------------------- sequential direction
@@ -340,8 +362,7 @@ class WaveNet(nn.Module):
                 past.append(hidden)
                 if t >= windows[index]:
                     past[t - windows[index]] = None  # out of the receptive field: let it go
-                filter_, gate_ = gate.chunk(2, dim=1)
-                gated = torch.tanh(filter_) * torch.sigmoid(gate_)
+                gated = self._gated(gate)
                 gated_units.append(gated)
                 if index < last:  # the last block's residual feeds nothing
                     hidden = torch.addmm(hidden, gated, residual_w[index]) + residual_b[index]
