@@ -36,11 +36,12 @@ def set_cpu_threads(value: Any) -> None:
     them all).
 
     The flows over vectors are small (a few 128-wide layers on batches of 512): on 2 cores the
-    default job took 571 s with torch's default of one thread per core and 266 s with one.
-    On this 2-core machine the WaveNets of the notes were no different in whole runs: a
-    student's Lightning step took 0.32 s on two threads and 0.26 s on one, and both models'
-    sampling got slower too, although their passes timed alone gained from a second thread
-    (experiments/results/notes_session7.md)."""
+    default job took 571 s with torch's default of one thread per core and 266 s with one
+    (with idle OpenMP threads that slept at once; see `distill/__init__.py`). The WaveNets of
+    the notes are larger: with idle threads spinning briefly, a student's training step on
+    this 2-core machine took 0.134 s on two threads and 0.206 s on one, alone; with another
+    process on one core, 0.367 s on two and 0.205 s on one (experiments/results/
+    notes_session10.md). More threads pay only on cores nothing else uses."""
     if value == "auto":
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)

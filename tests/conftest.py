@@ -1,4 +1,4 @@
-import distill  # noqa: F401, I001  (first: it sets OMP_WAIT_POLICY before torch starts)
+import distill  # noqa: F401, I001  (first: it sets GOMP_SPINCOUNT before torch starts)
 
 import os
 
