@@ -242,36 +242,74 @@ class WaveNet(nn.Module):
         """Inputs ``(..., C, T)`` [+ context] -> parameters ``(..., C, T, P)``, step t reading
         the inputs of steps < t: one parallel pass.
 
-        Computed time-major, ``(B, T, channels)``, every convolution as one matrix product
-        over its taps side by side (a dilated tap is the stream shifted right by its lag), and
-        the skips of all blocks as one product, as in `solve`: on one CPU thread a notes
-        student's training step took 0.206 s this way against 0.229 s with ``Conv1d`` over
-        ``(B, C, T)`` (experiments/results/notes_session10.md)."""
+        Two layouts of the same arithmetic (tested equal), chosen by whether autograd records
+        the pass. Training: time-major, ``(B, T, channels)``, each convolution one matrix
+        product over its taps side by side and the skips of all blocks one product (as in
+        `solve`); oneDNN's weight gradients of ``Conv1d`` with few channels are slow, and a
+        notes student's training step took 0.122 s this way against 0.146-0.158 s on two
+        threads. Sampling and evaluation: ``Conv1d`` over ``(B, C, T)``, which drew one second
+        of audio at batch 1 in 37 ms against the time-major 52 ms
+        (experiments/results/notes_session10.md)."""
         batch_shape = inputs.shape[:-2]
         flat, gates = self._flatten(inputs, context)
         length = flat.shape[-1]
-        num_blocks, residual = len(self.dilated), self.residual_channels
         if gates is not None:
             batch_shape = torch.broadcast_shapes(
                 batch_shape, context.shape[: -self.context_event_dims]
             )
-            # (B, T or 1, blocks, 2R)
-            gates = self._upsampled(gates, length).transpose(1, 2).unflatten(2, (num_blocks, -1))
-        steps = F.pad(flat, (1, -1)).transpose(1, 2)  # (B, T, C): step t sees steps <= t - 1
+            gates = self._upsampled(gates, length)  # (B, blocks * 2R, T or 1)
+        shifted = F.pad(flat, (1, -1))  # step t sees steps <= t - 1
+        records = torch.is_grad_enabled() and (
+            shifted.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if records:
+            out = self._time_major(shifted.transpose(1, 2), gates).transpose(1, 2)
+        else:
+            out = self._channel_major(shifted, gates)
+        out = out.view(-1, self.channels, self.out_multiplier, length).transpose(-1, -2)
+        return out.reshape(*batch_shape, self.channels, length, self.out_multiplier)
+
+    def _channel_major(self, shifted: Tensor, gates: Tensor | None) -> Tensor:
+        """The pass over ``(B, C, T)`` with ``Conv1d``: ``(B, C * P, T)``."""
+        if gates is not None:
+            gates = gates.unflatten(1, (len(self.dilated), -1))
+        hidden = self.front(shifted)
+        skips = 0.0
+        for index, (dilated, output) in enumerate(zip(self.dilated, self.outputs, strict=True)):
+            padding = (self.kernel_size - 1) * dilated.dilation[0]
+            gate = dilated(F.pad(hidden, (padding, 0)))
+            if gates is not None:
+                gate = gate + gates[:, index]
+            residual, skip = output(self._gated(*gate.chunk(2, dim=1))).split(
+                [self.residual_channels, output.out_channels - self.residual_channels], dim=1
+            )
+            hidden = hidden + residual
+            skips = skips + skip
+        return self.head(skips)
+
+    def _time_major(self, steps: Tensor, gates: Tensor | None) -> Tensor:
+        """The pass over ``(B, T, C)`` with matrix products: ``(B, T, C * P)``."""
+        length, num_blocks, residual = steps.shape[1], len(self.dilated), self.residual_channels
+        if gates is not None:
+            gates = gates.transpose(1, 2).unflatten(2, (num_blocks, -1))  # (B, T|1, blocks, 2R)
         hidden = F.linear(steps, self.front.weight[..., 0], self.front.bias)
         units = []
         for index, (dilated, output) in enumerate(zip(self.dilated, self.outputs, strict=True)):
-            dilation = dilated.dilation[0]
             # tap k reads step t - (kernel_size - 1 - k) * dilation; the last tap is step t
             taps = [
-                F.pad(hidden, (0, 0, (self.kernel_size - 1 - k) * dilation, 0))[:, :length]
+                F.pad(hidden, (0, 0, (self.kernel_size - 1 - k) * dilated.dilation[0], 0))
                 for k in range(self.kernel_size - 1)
             ]
+            taps = torch.cat([*(tap[:, :length] for tap in taps), hidden], dim=-1)
             weight = dilated.weight.transpose(1, 2).reshape(dilated.out_channels, -1)
-            gate = F.linear(torch.cat([*taps, hidden], dim=-1), weight, dilated.bias)
+            # the filter and gate halves as two products: each comes out contiguous, and tanh
+            # and sigmoid over a strided half of one (B, T, 2R) product took twice as long
+            filter_ = F.linear(taps, weight[:residual], dilated.bias[:residual])
+            gate = F.linear(taps, weight[residual:], dilated.bias[residual:])
             if gates is not None:
-                gate = gate + gates[:, :, index]
-            units.append(self._gated(gate))
+                filter_ = filter_ + gates[:, :, index, :residual]
+                gate = gate + gates[:, :, index, residual:]
+            units.append(self._gated(filter_, gate))
             if index < num_blocks - 1:  # the last block's residual feeds nothing
                 hidden = hidden + F.linear(
                     units[-1], output.weight[:residual, :, 0], output.bias[:residual]
@@ -281,14 +319,12 @@ class WaveNet(nn.Module):
         skips = F.linear(torch.cat(units, dim=-1), skip_weight, skip_bias)
         head_1, head_2 = self.head[1], self.head[3]
         out = F.linear(torch.relu(skips), head_1.weight[..., 0], head_1.bias)
-        out = F.linear(torch.relu(out), head_2.weight[..., 0], head_2.bias)  # (B, T, C * P)
-        out = out.view(-1, length, self.channels, self.out_multiplier).transpose(1, 2)
-        return out.reshape(*batch_shape, self.channels, length, self.out_multiplier)
+        return F.linear(torch.relu(out), head_2.weight[..., 0], head_2.bias)
 
-    def _gated(self, gate: Tensor) -> Tensor:
-        """``tanh(filter) * sigmoid(gate)`` of the gate terms ``(..., 2R)`` (last dim)."""
-        filter_, gate_ = gate.chunk(2, dim=-1)
-        return torch.tanh(filter_) * torch.sigmoid(gate_)
+    @staticmethod
+    def _gated(filter_: Tensor, gate: Tensor) -> Tensor:
+        """The gated unit ``tanh(filter) * sigmoid(gate)``."""
+        return torch.tanh(filter_) * torch.sigmoid(gate)
 
     # ---------------------------------------------------------------- sequential direction
 
@@ -361,7 +397,7 @@ class WaveNet(nn.Module):
                 past.append(hidden)
                 if t >= windows[index]:
                     past[t - windows[index]] = None  # out of the receptive field: let it go
-                gated = self._gated(gate)
+                gated = self._gated(*gate.chunk(2, dim=1))
                 gated_units.append(gated)
                 if index < last:  # the last block's residual feeds nothing
                     hidden = torch.addmm(hidden, gated, residual_w[index]) + residual_b[index]

@@ -70,6 +70,23 @@ def test_output_at_step_t_reads_no_input_at_or_after_t(kind, kernel_size):
     assert dependence[..., ~future].max() > 0
 
 
+@pytest.mark.parametrize("kernel_size", [2, 3])
+@pytest.mark.parametrize("kind", list(CONDITIONING))
+def test_the_training_and_sampling_layouts_compute_the_same_parameters(kind, kernel_size):
+    # params runs time-major when autograd records (the causality and log-det tests above and
+    # below run that way) and channel-major with Conv1d otherwise: the same numbers
+    net = perturb(WaveNet(C, 2, kernel_size=kernel_size, **SMALL, **CONDITIONING[kind][0]))
+    net = net.double()
+    context = make_context(kind, 3)
+    inputs = sequences(3)
+    with torch.no_grad():
+        sampling = net.params(inputs, context)
+    training = net.params(inputs.requires_grad_(), context)
+    assert training.requires_grad and not sampling.requires_grad
+    torch.testing.assert_close(training, sampling, rtol=0, atol=1e-12)
+    assert training.shape == (3, C, T, 2)
+
+
 @pytest.mark.parametrize("transform", ["affine", "spline"])
 @pytest.mark.parametrize("kind", list(CONDITIONING))
 @pytest.mark.parametrize("layer_class", [MaskedAutoregressiveWaveNet, InverseAutoregressiveWaveNet])
