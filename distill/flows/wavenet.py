@@ -246,9 +246,9 @@ class WaveNet(nn.Module):
         the pass. Training: time-major, ``(B, T, channels)``, each convolution one matrix
         product over its taps side by side and the skips of all blocks one product (as in
         `solve`); oneDNN's weight gradients of ``Conv1d`` with few channels are slow, and a
-        notes student's training step took 0.122 s this way against 0.146-0.158 s on two
-        threads. Sampling and evaluation: ``Conv1d`` over ``(B, C, T)``, which drew one second
-        of audio at batch 1 in 37 ms against the time-major 52 ms
+        notes student's training step took 0.122-0.132 s this way against 0.143-0.158 s on
+        two threads. Sampling and evaluation: ``Conv1d`` over ``(B, C, T)``, which drew one
+        second of audio at batch 1 in 37-38 ms against the time-major 52 ms
         (experiments/results/notes_session10.md)."""
         batch_shape = inputs.shape[:-2]
         flat, gates = self._flatten(inputs, context)

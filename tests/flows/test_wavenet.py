@@ -70,12 +70,15 @@ def test_output_at_step_t_reads_no_input_at_or_after_t(kind, kernel_size):
     assert dependence[..., ~future].max() > 0
 
 
+@pytest.mark.parametrize("depth", [{}, {"num_layers": 5, "dilation_cycle": 5}])
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("kind", list(CONDITIONING))
-def test_the_training_and_sampling_layouts_compute_the_same_parameters(kind, kernel_size):
+def test_the_training_and_sampling_layouts_compute_the_same_parameters(kind, kernel_size, depth):
     # params runs time-major when autograd records (the causality and log-det tests above and
-    # below run that way) and channel-major with Conv1d otherwise: the same numbers
-    net = perturb(WaveNet(C, 2, kernel_size=kernel_size, **SMALL, **CONDITIONING[kind][0]))
+    # below run that way) and channel-major with Conv1d otherwise: the same numbers, also with
+    # dilations (up to 16) whose lags pass the sequence's T = 12 steps
+    net = WaveNet(C, 2, kernel_size=kernel_size, **{**SMALL, **depth}, **CONDITIONING[kind][0])
+    net = perturb(net)
     net = net.double()
     context = make_context(kind, 3)
     inputs = sequences(3)
