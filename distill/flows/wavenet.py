@@ -314,12 +314,17 @@ class WaveNet(nn.Module):
                 hidden = hidden + F.linear(
                     units[-1], output.weight[:residual, :, 0], output.bias[:residual]
                 )
-        skip_weight = torch.cat([output.weight[residual:, :, 0] for output in self.outputs], 1)
-        skip_bias = sum(output.bias[residual:] for output in self.outputs)
-        skips = F.linear(torch.cat(units, dim=-1), skip_weight, skip_bias)
+        skips = F.linear(torch.cat(units, dim=-1), *self._skip_projection())
         head_1, head_2 = self.head[1], self.head[3]
         out = F.linear(torch.relu(skips), head_1.weight[..., 0], head_1.bias)
         return F.linear(torch.relu(out), head_2.weight[..., 0], head_2.bias)
+
+    def _skip_projection(self) -> tuple[Tensor, Tensor]:
+        """Every block's skip output as one product over their gated units side by side:
+        weight ``(S, blocks * R)`` and bias ``(S,)`` (the skips' sum)."""
+        residual = self.residual_channels
+        weight = torch.cat([output.weight[residual:, :, 0] for output in self.outputs], dim=1)
+        return weight, sum(output.bias[residual:] for output in self.outputs)
 
     @staticmethod
     def _gated(filter_: Tensor, gate: Tensor) -> Tensor:
@@ -370,8 +375,8 @@ class WaveNet(nn.Module):
         taps_w = [[conv.weight[..., k].T for k in range(self.kernel_size)] for conv in self.dilated]
         residual_w = [output.weight[:residual, :, 0].T for output in self.outputs]
         residual_b = [output.bias[:residual] for output in self.outputs]
-        skip_w = torch.cat([output.weight[residual:, :, 0].T for output in self.outputs])
-        skip_b = sum(output.bias[residual:] for output in self.outputs)
+        skip_w, skip_b = self._skip_projection()
+        skip_w = skip_w.T
         head_1, head_2 = self.head[1], self.head[3]
         head_w1, head_w2 = head_1.weight[..., 0].T, head_2.weight[..., 0].T
         # tap k reads step t - (kernel_size - 1 - k) * dilation; the last tap is step t
